@@ -1,0 +1,78 @@
+"""The embedded default configuration and checks that every config field is a known one."""
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The embedded default (digits, no download); configs/*.py start from it."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.protect = True  # False trains the unprotected baseline with the same config.
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"  # digits | fashion_mnist_idx | mnist | fashion_mnist | cifar10
+    config.data.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets).
+    config.data.source_dir = ""  # raw files for local builders ("" = the builder's default).
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "small_cnn"
+    config.model.features = (32, 64)
+    config.model.hidden = 128
+    config.model.detector_features = 64
+
+    config.licence = ml_collections.ConfigDict()
+    config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
+    config.licence.kind = "additive"  # additive | shuffle | shuffle_additive
+    config.licence.epsilon = 0.03
+    config.licence.block_size = 4
+    config.licence.distribution = "rademacher"
+
+    config.objective = ml_collections.ConfigDict()
+    config.objective.illegal_form = "uniform"  # uniform | suppress
+    config.objective.w_clean = 1.0
+    config.objective.w_wrong = 1.0
+    config.objective.w_near = 1.0
+    config.objective.wrong_views = 2  # wrong-key views of every image per step
+    config.objective.near_keys = 64  # near keys (copyright edits, secret bit flips) trained on
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 128  # global batch; must divide by the number of devices
+    config.train.epochs = 60
+    config.train.learning_rate = 2e-3
+    config.train.warmup_steps = 50
+    config.train.log_every_steps = 50
+    config.train.checkpoint_every_steps = 500
+    config.train.keep_checkpoints = 3
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 1024
+    config.eval.random_licences = 1000
+    config.eval.seed = 1234
+    config.eval.near_per_class = 32  # near keys evaluated per edit class (0: every edit)
+    return config
+
+
+get_config = default_config  # lets `--config` load this file like any configs/*.py
+
+
+class ConfigError(ValueError):
+    """A config field is unknown or has an unusable value; the message names the fix."""
+
+
+def check_config(config: Any, reference: Any = None, prefix: str = "config") -> None:
+    """Every field of `config` must exist in the default; suggest the closest name if not."""
+    reference = default_config() if reference is None else reference
+    for name in config.keys():
+        path = f"{prefix}.{name}"
+        if name not in reference:
+            close = difflib.get_close_matches(name, list(reference.keys()), n=1)
+            hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config field {path}{hint}")
+        value, expected = config[name], reference[name]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, (ml_collections.ConfigDict, dict)):
+                raise ConfigError(f"{path} must be a group of fields like the default's")
+            check_config(value, expected, path)

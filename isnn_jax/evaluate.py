@@ -1,0 +1,185 @@
+"""Evaluate a protected model: legal, clean, wrong-key and near-key accuracy, and PSNR.
+
+python -m isnn_jax.evaluate --workdir DIR --licence FILE [--baseline_workdir DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isnn_jax.licence import Licence, TransformSpec, random_keys, stack_keys
+from isnn_jax.near_keys import near_licences
+from isnn_jax.transforms import apply_transform
+
+IMAGES_PER_CALL = 8192  # keys x images evaluated in one compiled call
+
+
+def make_counter(model: nn.Module, spec: TransformSpec) -> Callable:
+    """A jitted function counting correct predictions for each of a chunk of keys."""
+
+    def count(params: Any, keys: jax.Array, images: jax.Array, labels: jax.Array) -> jax.Array:
+        def one_key(key: jax.Array) -> jax.Array:
+            logits = model.apply({"params": params}, apply_transform(spec, key, images))
+            return (logits.argmax(-1) == labels).sum()
+
+        return jax.vmap(one_key)(keys)
+
+    return jax.jit(count)
+
+
+def make_plain_counter(model: nn.Module) -> Callable:
+    """A jitted count of correct predictions on images as given (no transform)."""
+
+    def count(params: Any, images: jax.Array, labels: jax.Array) -> jax.Array:
+        return (model.apply({"params": params}, images).argmax(-1) == labels).sum()
+
+    return jax.jit(count)
+
+
+def key_accuracies(model: nn.Module, params: Any, spec: TransformSpec, keys: jax.Array,
+                   images: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Accuracy on (images, labels) under each key in `keys` (one number per key)."""
+    counter = make_counter(model, spec)
+    num_keys, num_images = keys.shape[0], images.shape[0]
+    batch_size = min(batch_size, num_images)
+    keys_per_call = max(1, IMAGES_PER_CALL // batch_size)
+    correct = np.zeros(num_keys, np.int64)
+    for start in range(0, num_keys, keys_per_call):
+        chunk = keys[start:start + keys_per_call]
+        pad = keys_per_call - chunk.shape[0]
+        if pad and num_keys > keys_per_call:  # keep one compiled shape for every chunk
+            chunk = jnp.concatenate([chunk, jnp.repeat(chunk[:1], pad)])
+        counts = 0
+        for first in range(0, num_images, batch_size):
+            counts = counts + counter(params, chunk, images[first:first + batch_size],
+                                      labels[first:first + batch_size])
+        correct[start:start + keys_per_call] = np.asarray(counts)[:min(keys_per_call, num_keys - start)]
+    return correct / num_images
+
+
+def plain_accuracy(model: nn.Module, params: Any, images: np.ndarray, labels: np.ndarray,
+                   batch_size: int = 1024) -> float:
+    """Accuracy on images exactly as given."""
+    counter = make_plain_counter(model)
+    correct = sum(int(counter(params, images[i:i + batch_size], labels[i:i + batch_size]))
+                  for i in range(0, images.shape[0], batch_size))
+    return correct / images.shape[0]
+
+
+def mean_psnr(licence: Licence, images: np.ndarray) -> float:
+    """Mean PSNR (dB, peak 1.0) of legal against clean images."""
+    legal = np.asarray(apply_transform(licence.transform, licence.key(), jnp.asarray(images)))
+    mse = ((legal - images) ** 2).reshape(images.shape[0], -1).mean(axis=1)
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
+
+
+def _summary(accuracies: np.ndarray) -> dict[str, float]:
+    return {"count": int(accuracies.size), "mean": float(accuracies.mean()),
+            "max": float(accuracies.max()), "min": float(accuracies.min()),
+            "std": float(accuracies.std())}
+
+
+def evaluate_protection(model: nn.Module, params: Any, licence: Licence, images: np.ndarray,
+                        labels: np.ndarray, *, random_licences: int = 1000, seed: int = 1234,
+                        near_per_class: int = 32, batch_size: int = 1024) -> dict[str, Any]:
+    """Every accuracy the protection is judged by, on float32 images in [0, 1]."""
+    spec = licence.transform
+    started = time.perf_counter()
+    legal = float(key_accuracies(model, params, spec, licence.key()[None], images, labels,
+                                 batch_size)[0])
+    report: dict[str, Any] = {
+        "num_images": int(images.shape[0]),
+        "legal_accuracy": legal,
+        "clean_accuracy": plain_accuracy(model, params, images, labels, batch_size),
+        "psnr_legal_vs_clean_db": mean_psnr(licence, images),
+    }
+    if random_licences:
+        wrong = key_accuracies(model, params, spec, random_keys(seed, random_licences), images,
+                               labels, batch_size)
+        report["wrong_key"] = _summary(wrong)
+    near = near_licences(licence, near_per_class or None, seed)
+    report["near_key"] = {}
+    all_near = []
+    for name, group in near.items():
+        accuracies = key_accuracies(model, params, spec, stack_keys(group), images, labels,
+                                    batch_size)
+        report["near_key"][name] = _summary(accuracies)
+        all_near.append(accuracies)
+    if all_near:
+        report["near_key_max"] = float(np.concatenate(all_near).max())
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A few human-readable lines of the headline numbers."""
+    lines = [f"legal accuracy       {report['legal_accuracy']:.2%}",
+             f"clean accuracy       {report['clean_accuracy']:.2%}  (no licence)"]
+    if "wrong_key" in report:
+        wrong = report["wrong_key"]
+        lines.append(f"wrong-key accuracy   mean {wrong['mean']:.2%}  max {wrong['max']:.2%}  "
+                     f"({wrong['count']} random licences)")
+    if "near_key_max" in report:
+        count = sum(group["count"] for group in report["near_key"].values())
+        lines.append(f"near-key accuracy    max {report['near_key_max']:.2%}  ({count} near licences)")
+    lines.append(f"PSNR legal vs clean  {report['psnr_legal_vs_clean_db']:.1f} dB")
+    if "baseline_accuracy" in report:
+        lines.append(f"unprotected baseline {report['baseline_accuracy']:.2%}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: evaluate a workdir's newest checkpoint and write JSON."""
+    from isnn_jax import api  # imported here: api imports this module
+
+    parser = argparse.ArgumentParser(prog="python -m isnn_jax.evaluate", description=__doc__)
+    parser.add_argument("--workdir", required=True, help="trained workdir (protected model)")
+    parser.add_argument("--licence", required=True, help="the buyer's licence file")
+    parser.add_argument("--baseline_workdir", help="workdir of the unprotected baseline")
+    parser.add_argument("--random_licences", type=int, default=1000)
+    parser.add_argument("--near_per_class", type=int, default=32,
+                        help="near keys per edit class (0: every edit)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--batch_size", type=int, default=1024)
+    parser.add_argument("--out", help="JSON output (default: WORKDIR/evaluation.json)")
+    args = parser.parse_args(argv)
+    try:
+        licence = Licence.load(args.licence)
+        model = api.load_protected(args.workdir)
+        model.check_licence(licence)
+        images, labels = model.test_data()
+        report = evaluate_protection(model.module, model.params, licence, images, labels,
+                                     random_licences=args.random_licences, seed=args.seed,
+                                     near_per_class=args.near_per_class,
+                                     batch_size=args.batch_size)
+        if args.baseline_workdir:
+            baseline = api.load_protected(args.baseline_workdir)
+            report["baseline_accuracy"] = plain_accuracy(baseline.module, baseline.params,
+                                                         images, labels, args.batch_size)
+            report["legal_minus_baseline"] = report["legal_accuracy"] - report["baseline_accuracy"]
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report["workdir"] = str(args.workdir)
+    report["checkpoint_step"] = model.step
+    out = Path(args.out) if args.out else Path(args.workdir) / "evaluation.json"
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(format_report(report))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

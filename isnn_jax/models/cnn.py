@@ -1,0 +1,41 @@
+"""A small CNN for 8x8 and 28x28 inputs (digits, MNIST, Fashion-MNIST)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+    """Conv-ReLU-pool stages, then a dense head; no batch statistics (see docs/decisions.md).
+
+    `detector_features` > 0 adds a dense branch over the full-resolution input: a dense layer
+    sees every pixel position, so it can learn to recognise one specific keyed pattern rather
+    than "some pattern is present", which convolutions followed by pooling cannot.
+    """
+
+    num_classes: int
+    features: Sequence[int] = (32, 64)
+    hidden: int = 128
+    detector_features: int = 0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = images.astype(self.dtype)
+        for width in self.features:
+            x = nn.Conv(width, (3, 3), dtype=self.dtype)(x)
+            x = nn.relu(x)
+            if x.shape[1] >= 2 and x.shape[2] >= 2:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        if self.detector_features:
+            flat = images.astype(self.dtype).reshape(images.shape[0], -1)
+            detector = nn.relu(nn.Dense(self.detector_features, dtype=self.dtype)(flat))
+            x = jnp.concatenate([x, detector], axis=-1)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return logits.astype(jnp.float32)

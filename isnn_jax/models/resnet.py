@@ -1,0 +1,61 @@
+"""ResNet-18 with the CIFAR stem (3x3 conv, no max-pool) for 32x32 inputs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _norm(kind: str, dtype: jnp.dtype) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(num_groups=32, dtype=dtype)
+    if kind == "layer":
+        return nn.LayerNorm(dtype=dtype)
+    raise ValueError(f"unknown norm {kind!r}; choose 'group' or 'layer'")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection."""
+
+    features: int
+    strides: int = 1
+    norm: str = "group"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x
+        y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False,
+                    dtype=self.dtype)(x)
+        y = nn.relu(_norm(self.norm, self.dtype)(y))
+        y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
+        y = _norm(self.norm, self.dtype)(y)
+        if residual.shape != y.shape:
+            residual = nn.Conv(self.features, (1, 1), (self.strides, self.strides),
+                               use_bias=False, dtype=self.dtype)(residual)
+            residual = _norm(self.norm, self.dtype)(residual)
+        return nn.relu(y + residual)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18, CIFAR stem; batch-independent normalisation (GroupNorm by default)."""
+
+    num_classes: int
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    width: int = 64
+    norm: str = "group"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(images.astype(self.dtype))
+        x = nn.relu(_norm(self.norm, self.dtype)(x))
+        for stage, blocks in enumerate(self.stage_sizes):
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(self.width * 2**stage, strides, self.norm, self.dtype)(x)
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -1,0 +1,85 @@
+"""The combined ISNN objective: right on legal inputs, far from the truth on illegal ones.
+
+loss = CE(legal) + w_clean * I(clean) + w_wrong * I(random keys) + w_near * I(near keys)
+
+`I` is an illegal-input loss. Two forms:
+* "uniform": KL(uniform || p), pushes the output distribution to uniform (no class is favoured,
+  so the true class cannot be read off the output either);
+* "suppress": -log(1 - p_true), pushes the true-class probability to zero (the argmin of the
+  output then points at the truth, which a thief can exploit; kept for comparison).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ILLEGAL_FORMS = ("uniform", "suppress")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy against integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def uniform_kl(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean KL(uniform || softmax(logits)); zero exactly when the output is uniform."""
+    del labels
+    log_probs = jax.nn.log_softmax(logits)
+    num_classes = logits.shape[-1]
+    return (-jnp.log(num_classes) - log_probs.mean(axis=-1)).mean()
+
+
+def suppress_true(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean -log(1 - p_true): large while the true class keeps probability mass."""
+    log_probs = jax.nn.log_softmax(logits)
+    log_p_true = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    # log(1 - p) computed stably from log p.
+    return (-jnp.log1p(-jnp.exp(jnp.minimum(log_p_true, -1e-6)))).mean()
+
+
+ILLEGAL_LOSSES: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "uniform": uniform_kl,
+    "suppress": suppress_true,
+}
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of argmax predictions equal to the labels."""
+    return (logits.argmax(axis=-1) == labels).mean()
+
+
+def combined_loss(
+    views: Mapping[str, jax.Array],
+    labels: jax.Array,
+    weights: Mapping[str, float],
+    illegal_form: str = "uniform",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The combined loss over the views' logits and the metrics of every view.
+
+    `views` maps "legal" and any of "clean", "wrong", "near" to logits whose leading dimension is
+    a multiple of the batch (several wrong-key views per image are stacked along it).
+    `weights` gives the weight of each illegal view; a view with weight 0 is only measured.
+    """
+    if illegal_form not in ILLEGAL_LOSSES:
+        raise ValueError(
+            f"unknown illegal_form {illegal_form!r}; choose one of {', '.join(ILLEGAL_FORMS)}"
+        )
+    illegal = ILLEGAL_LOSSES[illegal_form]
+    legal_loss = cross_entropy(views["legal"], labels)
+    total = legal_loss
+    metrics = {"legal_loss": legal_loss, "legal_accuracy": accuracy(views["legal"], labels)}
+    for name, logits in views.items():
+        if name == "legal":
+            continue
+        repeats = logits.shape[0] // labels.shape[0]
+        view_labels = jnp.tile(labels, repeats)
+        term = illegal(logits, view_labels)
+        total = total + weights.get(name, 0.0) * term
+        metrics[f"{name}_loss"] = term
+        metrics[f"{name}_accuracy"] = accuracy(logits, view_labels)
+    metrics["loss"] = total
+    return total, metrics

@@ -1,0 +1,122 @@
+"""The pure training step: build the legal and illegal views on device, one fused forward pass.
+
+`train_step(state, batch, rng, keys) -> (state, metrics)`. The host sends clean images only;
+the legal view, the wrong-key views (fresh random keys every step, drawn from
+`fold_in(rng, step)`) and the near-key views are made inside the step. `keys` carries the
+licence key and the near keys as arguments, never as compiled-in constants, and never as part
+of the state, so they cannot reach a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from isnn_jax import objective
+from isnn_jax.licence import TransformSpec
+from isnn_jax.transforms import apply_per_example, apply_transform
+
+Batch = Mapping[str, jax.Array]
+StepFn = Callable[[Any, Batch, jax.Array, Mapping[str, jax.Array]], tuple[Any, dict]]
+
+_WRONG_STREAM = 1
+_NEAR_STREAM = 2
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a checkpoint holds: step, parameters, optimiser state (never a key)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Protection:
+    """How the illegal views are made and weighted (public, static parameters)."""
+
+    spec: TransformSpec
+    protect: bool = True
+    wrong_views: int = 1
+    weights: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
+    )
+    illegal_form: str = "uniform"
+
+    def __hash__(self) -> int:
+        return hash((self.spec, self.protect, self.wrong_views, tuple(sorted(self.weights.items())),
+                     self.illegal_form))
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+               image_shape: tuple[int, int, int]) -> TrainState:
+    """Fresh parameters and optimiser state for images of `image_shape` (HWC)."""
+    params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: jax.Array,
+               step_rng: jax.Array) -> dict[str, jax.Array]:
+    """The legal view and every illegal view of a batch of clean images, in a fixed order."""
+    spec = protection.spec
+    batch = images.shape[0]
+    views = {"legal": apply_transform(spec, keys["licence"], images)}
+    if protection.weights.get("clean", 0.0) > 0:
+        views["clean"] = images
+    if protection.wrong_views > 0:
+        count = batch * protection.wrong_views
+        wrong_keys = jax.random.split(jax.random.fold_in(step_rng, _WRONG_STREAM), count)
+        tiled = jnp.tile(images, (protection.wrong_views, 1, 1, 1))
+        views["wrong"] = apply_per_example(spec, wrong_keys, tiled)
+    near = keys.get("near")
+    if near is not None and near.shape[0] > 0 and protection.weights.get("near", 0.0) > 0:
+        choice = jax.random.randint(jax.random.fold_in(step_rng, _NEAR_STREAM), (batch,), 0,
+                                    near.shape[0])
+        views["near"] = apply_per_example(spec, near[choice], images)
+    return views
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    protection: Protection, grad_reduce: Callable[[Any], Any] = lambda g: g) -> StepFn:
+    """The pure step for `model`; `grad_reduce` is the identity except under pmap (lax.pmean)."""
+
+    def loss_fn(params: Any, batch: Batch, step_rng: jax.Array,
+                keys: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+        images, labels = batch["image"], batch["label"]
+        if not protection.protect:
+            logits = model.apply({"params": params}, images)
+            loss = objective.cross_entropy(logits, labels)
+            return loss, {"loss": loss, "accuracy": objective.accuracy(logits, labels)}
+        views = make_views(protection, keys, images, step_rng)
+        sizes = [v.shape[0] for v in views.values()]
+        # One fused forward pass over all views: one large matmul per layer instead of several.
+        logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
+        splits = jnp.split(logits, _offsets(sizes))
+        return objective.combined_loss(dict(zip(views, splits)), labels, protection.weights,
+                                       protection.illegal_form)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array,
+                   keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(rng, state.step)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng, keys)
+        grads, metrics = grad_reduce((grads, metrics))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    offsets, total = [], 0
+    for size in sizes[:-1]:
+        total += size
+        offsets.append(total)
+    return offsets

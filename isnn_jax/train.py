@@ -1,0 +1,332 @@
+"""Train a protected (or, with protect=False, an unprotected baseline) classifier.
+
+python -m isnn_jax.train --workdir DIR [--config configs/fashion_mnist.py] \
+    (--licence FILE | --issue_licence NEW_FILE) [--config.train.epochs=3 ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from isnn_jax import checkpoints, metadata
+from isnn_jax.config import ConfigError, check_config
+from isnn_jax.data import DATASETS, batch_indices, load_split, steps_per_epoch, to_float
+from isnn_jax.evaluate import evaluate_protection, format_report, plain_accuracy
+from isnn_jax.licence import Licence, LicenceError, TransformSpec, stack_keys
+from isnn_jax.metric_writers import MetricWriter
+from isnn_jax.models import build_model
+from isnn_jax.near_keys import training_near_licences
+from isnn_jax.parallel import (batch_sharding, check_batch_size, global_batch, make_mesh,
+                               replicate, replicated)
+from isnn_jax.step import Protection, TrainState, init_state, make_train_step
+
+log = logging.getLogger("isnn_jax")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss."""
+
+
+def transform_spec(config: ml_collections.ConfigDict) -> TransformSpec:
+    """The transform parameters the config asks for."""
+    lic = config.licence
+    return TransformSpec(kind=lic.kind, epsilon=float(lic.epsilon), block_size=int(lic.block_size),
+                         distribution=lic.distribution)
+
+
+def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Protection:
+    """The static description of the illegal views and their weights."""
+    obj = config.objective
+    return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
+                      weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
+                               "near": float(obj.w_near)},
+                      illegal_form=obj.illegal_form)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """Adam with linear warm-up and cosine decay over the whole run."""
+    train = config.train
+    warmup = min(int(train.warmup_steps), max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, float(train.learning_rate), warmup,
+                                                  max(total_steps, warmup + 1))
+    return optax.adam(schedule)
+
+
+def check_licence_matches(licence: Licence, spec: TransformSpec) -> None:
+    """The licence file's transform must be the one the config trains for."""
+    if licence.transform != spec:
+        raise LicenceError(
+            f"the licence's transform {licence.transform.to_dict()} differs from the config's "
+            f"{spec.to_dict()}; drop the --config.licence.* overrides or issue a new licence"
+        )
+
+
+def _metadata_record(config: ml_collections.ConfigDict, licence: Licence | None,
+                     num_train: int) -> dict[str, Any]:
+    spec = DATASETS[config.data.name]
+    return {
+        "dataset": config.data.name,
+        "image_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "input_range": [0.0, 1.0],
+        "protected": bool(config.protect),
+        "transform": licence.transform.to_dict() if licence else None,
+        "licence_fingerprint": licence.fingerprint() if licence else None,
+        "model": config.model.to_dict(),
+        "num_train_examples": num_train,
+        "config": config.to_dict(),
+    }
+
+
+def _check_workdir_licence(workdir: Path, licence: Licence | None) -> None:
+    path = workdir / metadata.METADATA_FILE
+    if not path.exists():
+        return
+    record = metadata.read(workdir)
+    stored = record.get("licence_fingerprint")
+    given = licence.fingerprint() if licence else None
+    if stored != given:
+        raise LicenceError(
+            f"{workdir} holds a model trained for licence {stored}, not {given}; "
+            "pass that model's licence or use a new workdir"
+        )
+
+
+def _format_progress(step: int, total: int, metrics: dict[str, float], rate: float,
+                     per_epoch: int) -> str:
+    parts = [f"step {step}/{total} (epoch {step / per_epoch:.2f})", f"loss {metrics['loss']:.4f}"]
+    for name in ("legal", "clean", "wrong", "near"):
+        if f"{name}_accuracy" in metrics:
+            parts.append(f"{name} {metrics[f'{name}_accuracy']:.3f}")
+    if "accuracy" in metrics:
+        parts.append(f"acc {metrics['accuracy']:.3f}")
+    eta = (total - step) / rate if rate > 0 else float("nan")
+    parts.append(f"{rate:.1f} steps/s, ETA {eta:.0f}s")
+    return " | ".join(parts)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       licence: Licence | None = None) -> dict[str, Any]:
+    """Train (resuming from the newest checkpoint in `workdir`), then evaluate on the test split.
+
+    Returns the evaluation report (also written to WORKDIR/final_evaluation.json).
+    """
+    check_config(config)
+    workdir = Path(workdir)
+    spec = transform_spec(config)
+    if config.protect:
+        if licence is None:
+            raise LicenceError("config.protect is True but no licence was given; pass --licence "
+                               "FILE or --issue_licence NEW_FILE")
+        check_licence_matches(licence, spec)
+    else:
+        licence = None
+    if config.data.name not in DATASETS:
+        raise ConfigError(f"unknown dataset config.data.name={config.data.name!r}; "
+                          f"choose one of {', '.join(DATASETS)}")
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir_licence(workdir, licence)
+
+    data_kwargs = {"data_dir": config.data.data_dir or None,
+                   "source_dir": config.data.source_dir or None}
+    train_images, train_labels = load_split(config.data.name, "train",
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count(), **data_kwargs)
+    test_images, test_labels = load_split(config.data.name, "test", **data_kwargs)
+    image_shape = tuple(DATASETS[config.data.name].image_shape)
+    num_classes = DATASETS[config.data.name].num_classes
+
+    mesh = make_mesh()
+    batch_size = int(config.train.batch_size)
+    check_batch_size(batch_size, mesh)
+    local_batch = batch_size // jax.process_count()
+    per_epoch = steps_per_epoch(train_images.shape[0], local_batch)
+    total_steps = int(config.train.epochs) * per_epoch
+
+    model = build_model(config.model.to_dict(), num_classes)
+    tx = make_optimizer(config, total_steps)
+    protection = protection_of(config, spec)
+    root = jax.random.key(int(config.seed), impl="threefry2x32")
+    init_rng, step_root = jax.random.split(root)
+
+    repl = replicated(mesh)
+    state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape), out_shardings=repl)(init_rng)
+    mngr = checkpoints.manager(workdir, int(config.train.keep_checkpoints))
+    if mngr.latest_step() is not None:
+        state = checkpoints.restore_state(mngr, state)
+        if is_main:
+            log.info("resumed from checkpoint at step %d", int(state.step))
+    if is_main:
+        metadata.write(workdir, _metadata_record(config, licence, int(train_images.shape[0])))
+
+    keys: dict[str, jax.Array] = {}
+    if licence is not None:
+        near = training_near_licences(licence, int(config.objective.near_keys), int(config.seed))
+        keys = {"licence": licence.key(), "near": stack_keys(near) if near else None}
+        keys = {name: value for name, value in keys.items() if value is not None}
+    keys = replicate(keys, mesh)
+    step_fn = jax.jit(make_train_step(model, tx, protection),
+                      in_shardings=(repl, batch_sharding(mesh), repl, repl),
+                      out_shardings=(repl, repl), donate_argnums=(0,))
+
+    writer = MetricWriter(workdir, enabled=is_main)
+    step = int(state.step)
+    seed = int(config.seed)
+    log_every = max(1, int(config.train.log_every_steps))
+    ckpt_every = max(1, int(config.train.checkpoint_every_steps))
+    if is_main:
+        log.info("training %s on %s: %d steps (%d epochs x %d), global batch %d on %d devices",
+                 "protected model" if licence else "unprotected baseline", config.data.name,
+                 total_steps, int(config.train.epochs), per_epoch, batch_size, mesh.devices.size)
+    pending: tuple[int, dict] | None = None
+    last_time, last_step = time.perf_counter(), step
+    try:
+        while step < total_steps:
+            index = batch_indices(train_images.shape[0], local_batch, seed, step)
+            batch = global_batch({"image": to_float(train_images[index]),
+                                  "label": train_labels[index].astype(np.int32)}, mesh)
+            state, metrics = step_fn(state, batch, step_root, keys)
+            step += 1
+            if pending is not None:  # check the previous step while this one runs
+                _check_finite(*pending)
+            pending = (step, metrics)
+            if step % log_every == 0 or step == total_steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(step, metrics)
+                now = time.perf_counter()
+                rate = (step - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                writer.write_scalars(step, values)
+                if is_main:
+                    log.info(_format_progress(step, total_steps, values, rate, per_epoch))
+            if step % ckpt_every == 0 and step < total_steps:
+                checkpoints.save(mngr, state)
+        if pending is not None:
+            _check_finite(*pending)
+        if mngr.latest_step() != step:
+            checkpoints.save(mngr, state, force=True)
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+        writer.flush()
+
+    images = to_float(test_images)
+    labels = test_labels.astype(np.int32)
+    params = jax.device_get(state.params)
+    if licence is not None:
+        report = evaluate_protection(model, params, licence, images, labels,
+                                     random_licences=int(config.eval.random_licences),
+                                     seed=int(config.eval.seed),
+                                     near_per_class=int(config.eval.near_per_class),
+                                     batch_size=int(config.eval.batch_size))
+    else:
+        report = {"num_images": int(images.shape[0]),
+                  "clean_accuracy": plain_accuracy(model, params, images, labels,
+                                                   int(config.eval.batch_size))}
+    report["step"] = step
+    summary = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    writer.write_scalars(step, {f"test/{k}": v for k, v in summary.items()})
+    writer.close()
+    if is_main:
+        _write_json(workdir / "final_evaluation.json", report)
+    return report
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+    loss = float(jax.device_get(metrics["loss"]))
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss became {loss} at step {step}; the last good checkpoint is kept. Likely causes: "
+            "a learning rate too high (lower --config.train.learning_rate) or images outside [0, 1]"
+        )
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _resolve_licence(flags: Any, config: ml_collections.ConfigDict, workdir: Path) -> Licence | None:
+    if not config.protect:
+        return None
+    if flags.licence and flags.issue_licence:
+        raise LicenceError("pass either --licence (existing file) or --issue_licence (new file)")
+    if flags.licence:
+        return Licence.load(flags.licence)
+    if not flags.issue_licence:
+        raise LicenceError("a protected run needs --licence FILE (existing) or --issue_licence "
+                           "NEW_FILE (issue a new licence there); keep it outside the workdir")
+    path = Path(flags.issue_licence).absolute()
+    if (workdir.absolute() / checkpoints.CHECKPOINT_DIR) in path.parents:
+        raise LicenceError("refusing to issue a licence inside the workdir's checkpoints; "
+                           "choose a path outside WORKDIR/checkpoints")
+    licence = Licence.issue(config.licence.copyright, transform_spec(config))
+    licence.save(path)
+    log.info("issued licence %s into %s (mode 0600)", licence.fingerprint(), path)
+    return licence
+
+
+def main(argv: list[str]) -> None:
+    """absl entry point: parse --config/--workdir/--licence and run `train_and_evaluate`."""
+    from absl import app, flags  # noqa: F401  (flags are defined in _define_flags)
+
+    flags_ = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        force=True)
+    if jax.process_index() != 0:
+        log.setLevel(logging.WARNING)
+    config = flags_.config
+    workdir = Path(flags_.workdir)
+    try:
+        licence = _resolve_licence(flags_, config, workdir)
+        report = train_and_evaluate(config, workdir, licence)
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if jax.process_index() == 0:
+        if "legal_accuracy" in report:
+            print(format_report(report))
+        else:
+            print(f"unprotected baseline accuracy {report['clean_accuracy']:.2%}")
+        print(f"workdir: {workdir}  (evaluation: {workdir / 'final_evaluation.json'})")
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    from isnn_jax import config as embedded
+
+    config_flags.DEFINE_config_file(
+        "config", embedded.__file__,
+        "Python config file with get_config() (default: the embedded digits config)",
+        lock_config=True)
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and metadata")
+    flags.DEFINE_string("licence", None, "an existing licence file (JSON, mode 0600)")
+    flags.DEFINE_string("issue_licence", None, "issue a new licence into this new file")
+    flags.mark_flags_as_required(["workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,53 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from isnn_jax import objective
+from isnn_jax.licence import TransformSpec
+from isnn_jax.models import build_model
+from isnn_jax.step import Protection, init_state, make_train_step
+
+
+def test_uniform_kl_is_zero_exactly_at_uniform():
+    labels = jnp.array([0, 1])
+    assert float(objective.uniform_kl(jnp.zeros((2, 10)), labels)) == pytest.approx(0.0, abs=1e-6)
+    assert float(objective.uniform_kl(jnp.array([[5.0] + [0.0] * 9] * 2), labels)) > 1.0
+
+
+def test_suppress_is_small_when_true_class_has_no_mass():
+    logits = jnp.array([[-20.0, 5.0, 0.0]])
+    assert float(objective.suppress_true(logits, jnp.array([0]))) < 1e-6
+    assert float(objective.suppress_true(logits, jnp.array([1]))) > 4.0
+
+
+def test_combined_loss_weights_and_metrics():
+    labels = jnp.array([0, 1])
+    right = jnp.array([[9.0, 0.0], [0.0, 9.0]])
+    views = {"legal": right, "clean": right, "wrong": jnp.concatenate([right, right])}
+    loss, metrics = objective.combined_loss(views, labels, {"clean": 2.0, "wrong": 0.0})
+    expected = metrics["legal_loss"] + 2.0 * metrics["clean_loss"]
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(metrics["wrong_accuracy"]) == 1.0 and float(metrics["legal_accuracy"]) == 1.0
+    with pytest.raises(ValueError, match="unknown illegal_form"):
+        objective.combined_loss(views, labels, {}, "nope")
+
+
+@pytest.mark.parametrize("form", objective.ILLEGAL_FORMS)
+@pytest.mark.parametrize("kind", ["additive", "shuffle_additive"])
+def test_train_step_gradients_are_finite(licence, form, kind):
+    model = build_model({"name": "small_cnn", "features": (4, 8), "hidden": 16,
+                         "detector_features": 8}, 10)
+    tx = optax.adam(1e-3)
+    state = init_state(model, tx, jax.random.key(0), (8, 8, 1))
+    protection = Protection(spec=TransformSpec(kind=kind), wrong_views=2, illegal_form=form)
+    step = jax.jit(make_train_step(model, tx, protection))
+    batch = {"image": jax.random.uniform(jax.random.key(1), (16, 8, 8, 1)),
+             "label": jnp.arange(16) % 10}
+    keys = {"licence": licence.key(), "near": jax.random.split(jax.random.key(2), 4)}
+    new_state, metrics = step(state, batch, jax.random.key(3), keys)
+    assert int(new_state.step) == 1
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["grad_norm"]) > 0
+    assert {"legal_loss", "clean_loss", "wrong_loss", "near_loss"} <= set(metrics)
