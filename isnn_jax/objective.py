@@ -57,12 +57,16 @@ def combined_loss(
     labels: jax.Array,
     weights: Mapping[str, float],
     illegal_form: str = "uniform",
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The combined loss over the views' logits and the metrics of every view.
 
     `views` maps "legal" and any of "clean", "wrong", "near" to logits whose leading dimension is
     a multiple of the batch (several wrong-key views per image are stacked along it).
     `weights` gives the weight of each illegal view; a view with weight 0 is only measured.
+    `temperature` multiplies illegal logits before the illegal loss: with a large value, small
+    logits that still rank the true class first are penalised (shrinking the logits alone no
+    longer satisfies the loss, so the argmax must stop carrying the label).
     """
     if illegal_form not in ILLEGAL_LOSSES:
         raise ValueError(
@@ -77,7 +81,7 @@ def combined_loss(
             continue
         repeats = logits.shape[0] // labels.shape[0]
         view_labels = jnp.tile(labels, repeats)
-        term = illegal(logits, view_labels)
+        term = illegal(logits * temperature, view_labels)
         total = total + weights.get(name, 0.0) * term
         metrics[f"{name}_loss"] = term
         metrics[f"{name}_accuracy"] = accuracy(logits, view_labels)

@@ -48,10 +48,11 @@ class Protection:
         default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
     )
     illegal_form: str = "uniform"
+    temperature: float = 1.0
 
     def __hash__(self) -> int:
         return hash((self.spec, self.protect, self.wrong_views, tuple(sorted(self.weights.items())),
-                     self.illegal_form))
+                     self.illegal_form, self.temperature))
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -99,7 +100,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
         splits = jnp.split(logits, _offsets(sizes))
         return objective.combined_loss(dict(zip(views, splits)), labels, protection.weights,
-                                       protection.illegal_form)
+                                       protection.illegal_form, protection.temperature)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                    keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:

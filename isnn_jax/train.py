@@ -191,10 +191,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         log.info("training %s on %s: %d steps (%d epochs x %d), global batch %d on %d devices",
                  "protected model" if licence else "unprotected baseline", config.data.name,
                  total_steps, int(config.train.epochs), per_epoch, batch_size, mesh.devices.size)
+    stop_at = int(config.train.stop_after_steps) or total_steps
     pending: tuple[int, dict] | None = None
     last_time, last_step = time.perf_counter(), step
     try:
-        while step < total_steps:
+        while step < min(total_steps, stop_at):
             index = batch_indices(train_images.shape[0], local_batch, seed, step)
             batch = global_batch({"image": to_float(train_images[index]),
                                   "label": train_labels[index].astype(np.int32)}, mesh)
@@ -219,6 +220,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if mngr.latest_step() != step:
             checkpoints.save(mngr, state, force=True)
         mngr.wait_until_finished()
+        if step < total_steps:
+            if is_main:
+                log.info("stopped at step %d of %d as asked; rerun to resume", step, total_steps)
+            return {"step": step, "stopped_early": True}
     finally:
         mngr.close()
         writer.flush()
@@ -325,8 +330,49 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["workdir"])
 
 
+def _unknown_override(argv: list[str]) -> str | None:
+    """Name the first --config.a.b=... override whose field does not exist, with a suggestion."""
+    import difflib
+    import importlib.util
+
+    from isnn_jax import config as embedded
+
+    path = embedded.__file__
+    for arg in argv[1:]:
+        if arg.startswith("--config=") and len(arg) > 9:
+            path = arg.split("=", 1)[1]
+    spec = importlib.util.spec_from_file_location("_isnn_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for arg in argv[1:]:
+        if not arg.startswith("--config."):
+            continue
+        node, walked = config, "config"
+        for name in arg[len("--config."):].split("=", 1)[0].split("."):
+            if not hasattr(node, "keys") or name not in node:
+                options = list(node.keys()) if hasattr(node, "keys") else []
+                close = difflib.get_close_matches(name, options, n=1)
+                hint = f"; did you mean {walked}.{close[0]}?" if close else ""
+                return f"unknown config field {walked}.{name}{hint}"
+            node, walked = node[name], f"{walked}.{name}"
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with an unknown config field reported as one clear line."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError:
+        message = _unknown_override(argv) or "invalid --config override"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     from absl import app
 
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

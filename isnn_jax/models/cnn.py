@@ -15,17 +15,26 @@ class SmallCNN(nn.Module):
     `detector_features` > 0 adds a dense branch over the full-resolution input: a dense layer
     sees every pixel position, so it can learn to recognise one specific keyed pattern rather
     than "some pattern is present", which convolutions followed by pooling cannot.
+
+    `input_offset` adds a learned per-pixel offset to the input before the first convolution.
+    It can learn to cancel the licence's pattern (offset = -delta): the legal input then looks
+    clean to the convolutions while every other input carries visible +-epsilon noise, a
+    translation-invariant cue that convolutions detect easily.
     """
 
     num_classes: int
     features: Sequence[int] = (32, 64)
     hidden: int = 128
     detector_features: int = 0
+    input_offset: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.astype(self.dtype)
+        if self.input_offset:
+            offset = self.param("input_offset", nn.initializers.zeros, images.shape[1:], self.dtype)
+            x = x + offset
         for width in self.features:
             x = nn.Conv(width, (3, 3), dtype=self.dtype)(x)
             x = nn.relu(x)

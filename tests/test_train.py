@@ -1,0 +1,168 @@
+"""The real trainer on the embedded digits data with a tiny model: short, deterministic runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from isnn_jax import api
+from isnn_jax.config import ConfigError, default_config
+from isnn_jax.licence import Licence, LicenceError
+from isnn_jax.train import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir: str, **train):
+    config = default_config()
+    config.data.data_dir = data_dir
+    config.model.features = (8, 16)
+    config.model.hidden = 32
+    config.model.detector_features = 16
+    config.train.batch_size = 64
+    config.train.epochs = 4
+    config.train.learning_rate = 3e-3
+    config.train.warmup_steps = 5
+    config.train.log_every_steps = 10
+    config.train.checkpoint_every_steps = 30
+    config.eval.random_licences = 20
+    config.eval.near_per_class = 2
+    for name, value in train.items():
+        config.train[name] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """One protected run shared by the tests that only read its results."""
+    root = tmp_path_factory.mktemp("run")
+    licence = Licence(bytes(range(100, 132)), "(c) Seller; Buyer; licence 1")
+    report = train_and_evaluate(tiny_config(data_dir), root / "work", licence)
+    return root / "work", licence, report
+
+
+def test_short_protected_run_learns_and_rejects(trained):
+    workdir, licence, report = trained
+    assert report["step"] == 4 * (1437 // 64)
+    assert report["legal_accuracy"] > 0.80, report
+    assert report["clean_accuracy"] < 0.35, report
+    assert report["wrong_key"]["count"] == 20
+    assert report["legal_accuracy"] - report["wrong_key"]["mean"] > 0.4, report
+    assert set(report["near_key"]) >= {"secret_bit_flip", "substitution", "lookalike"}
+
+
+def test_workdir_has_metadata_checkpoints_metrics_and_no_secret(trained):
+    workdir, licence, _ = trained
+    meta = json.loads((workdir / "isnn_metadata.json").read_text())
+    assert meta["image_shape"] == [8, 8, 1] and meta["num_classes"] == 10
+    assert meta["transform"]["epsilon"] == 0.03
+    assert meta["licence_fingerprint"] == licence.fingerprint()
+    assert (workdir / "checkpoints").is_dir()
+    assert any((workdir / "tensorboard").iterdir())
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["step"] == 10
+    needles = [licence.secret, licence.secret.hex().encode(), licence.key_bytes()[:8]]
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert not any(needle in content for needle in needles), path
+
+
+def test_api_restores_the_model_and_only_the_licence_unlocks_it(trained):
+    workdir, licence, report = trained
+    model = api.load_protected(workdir)
+    images, labels = model.test_data()
+    legal = (model.predict(images, licence) == labels).mean()
+    assert legal == pytest.approx(report["legal_accuracy"], abs=1e-6)
+    assert (model.predict(images) == labels).mean() == pytest.approx(report["clean_accuracy"], abs=1e-6)
+    np.testing.assert_allclose(np.asarray(model.logits(api.apply_licence(licence, images))),
+                               np.asarray(model.logits(images, licence=licence)), rtol=1e-6)
+    other = Licence.issue(licence.copyright)
+    with pytest.raises(LicenceError, match="different model"):
+        model.logits(images, licence=other)
+
+
+def test_api_rejects_wrong_image_shape_dtype_and_range(trained):
+    model = api.load_protected(trained[0])
+    with pytest.raises(ValueError, match="model expects"):
+        model.logits(np.zeros((2, 28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="divide uint8"):
+        model.logits(np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        model.logits(np.full((2, 8, 8, 1), 255.0, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        model.logits(np.full((2, 8, 8, 1), np.nan, np.float32))
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, data_dir):
+    licence = Licence(bytes(range(32)), "(c) Seller; Buyer; resume")
+    config = tiny_config(data_dir, epochs=2, checkpoint_every_steps=15)
+    config.eval.random_licences = 0
+    full = train_and_evaluate(config, tmp_path / "full", licence)
+    interrupted = tiny_config(data_dir, epochs=2, checkpoint_every_steps=15, stop_after_steps=15)
+    interrupted.eval.random_licences = 0
+    train_and_evaluate(interrupted, tmp_path / "resumed", licence)
+    resumed = train_and_evaluate(config, tmp_path / "resumed", licence)
+    a = api.load_protected(tmp_path / "full").params
+    b = api.load_protected(tmp_path / "resumed").params
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert resumed["legal_accuracy"] == full["legal_accuracy"]
+    metrics = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    final = lambda rows: [r for r in rows if r["step"] == full["step"] and "loss" in r][0]
+    assert final(metrics)["loss"] == final(again)["loss"]
+
+
+def test_unprotected_baseline_trains_with_the_same_config(tmp_path, data_dir):
+    config = tiny_config(data_dir, epochs=2)
+    config.protect = False
+    report = train_and_evaluate(config, tmp_path / "base")
+    assert report["clean_accuracy"] > 0.8, report
+    assert api.load_protected(tmp_path / "base").meta["licence_fingerprint"] is None
+
+
+def test_unknown_config_field_is_named_with_a_suggestion(tmp_path, data_dir):
+    config = tiny_config(data_dir)
+    config.unlock()
+    config.train.epochz = 3
+    with pytest.raises(ConfigError, match=r"config.train.epochz; did you mean config.train.epochs"):
+        train_and_evaluate(config, tmp_path / "w", Licence.issue("(c) x"))
+
+
+def test_licence_for_another_model_is_refused_on_resume(trained, data_dir):
+    workdir, _, _ = trained
+    with pytest.raises(LicenceError, match="trained for licence"):
+        train_and_evaluate(tiny_config(data_dir), workdir, Licence.issue("(c) other"))
+
+
+def test_missing_dataset_names_the_debian_package(tmp_path):
+    from isnn_jax.data import DatasetNotFoundError
+
+    config = tiny_config(str(tmp_path / "tfds"))
+    config.data.name = "fashion_mnist_idx"
+    config.data.source_dir = str(tmp_path / "no-such-dir")
+    with pytest.raises(DatasetNotFoundError, match="dataset-fashion-mnist"):
+        train_and_evaluate(config, tmp_path / "w", Licence.issue("(c) x"))
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "isnn_jax.train", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_unknown_override_and_missing_licence_errors(tmp_path):
+    result = run_cli("--workdir", str(tmp_path / "w"), "--licence", "x.json",
+                     "--config.train.epochz=1")
+    assert result.returncode == 2
+    assert "unknown config field config.train.epochz; did you mean config.train.epochs?" in result.stderr
+    result = run_cli("--workdir", str(tmp_path / "w"), "--licence", str(tmp_path / "none.json"))
+    assert result.returncode == 2
+    assert "licence file" in result.stderr and "not found" in result.stderr
