@@ -30,7 +30,7 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, *, force: bool = False)
     return mngr.save(step, force=force, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
-        step=ocp.args.StandardSave(state.step),
+        step=ocp.args.JsonSave({"step": step}),
     ))
 
 
@@ -41,9 +41,11 @@ def restore_state(mngr: ocp.CheckpointManager, target: TrainState, step: int | N
     restored = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract.params),
         opt_state=ocp.args.StandardRestore(abstract.opt_state),
-        step=ocp.args.StandardRestore(abstract.step),
+        step=ocp.args.JsonRestore(),
     ))
-    return TrainState(step=restored["step"], params=restored["params"],
+    step_value = jax.numpy.asarray(restored["step"]["step"], dtype=target.step.dtype)
+    step_value = jax.device_put(step_value, getattr(target.step, "sharding", None))
+    return TrainState(step=step_value, params=restored["params"],
                       opt_state=restored["opt_state"])
 
 

@@ -18,10 +18,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.source_dir = ""  # raw files for local builders ("" = the builder's default).
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "small_cnn"
-    config.model.features = (32, 64)
+    config.model.name = "small_cnn"  # small_cnn | resnet18; each reads only its own fields
+    config.model.features = (32, 64)  # small_cnn
     config.model.hidden = 128
     config.model.detector_features = 64
+    config.model.input_offset = True  # both models: learned per-pixel offset (models/cnn.py)
+    config.model.stage_sizes = (2, 2, 2, 2)  # resnet18
+    config.model.width = 64  # resnet18
+    config.model.norm = "group"  # resnet18: group | layer (no BatchNorm: docs/decisions.md)
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
@@ -31,7 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.licence.distribution = "rademacher"
 
     config.objective = ml_collections.ConfigDict()
-    config.objective.illegal_form = "uniform"  # uniform | suppress
+    config.objective.illegal_form = "uniform_margin"  # uniform | suppress | uniform_margin
+    config.objective.temperature = 1.0  # illegal logits are multiplied by this before the loss
     config.objective.w_clean = 1.0
     config.objective.w_wrong = 1.0
     config.objective.w_near = 1.0

@@ -6,7 +6,10 @@ loss = CE(legal) + w_clean * I(clean) + w_wrong * I(random keys) + w_near * I(ne
 * "uniform": KL(uniform || p), pushes the output distribution to uniform (no class is favoured,
   so the true class cannot be read off the output either);
 * "suppress": -log(1 - p_true), pushes the true-class probability to zero (the argmin of the
-  output then points at the truth, which a thief can exploit; kept for comparison).
+  output then points at the truth, which a thief can exploit; kept for comparison);
+* "uniform_margin": the uniform term plus a hinge that keeps the true logit at least `MARGIN`
+  below the largest other logit, so near-flat outputs cannot still rank the truth first (the
+  truth ends up just below the top, not at the bottom, so the argmin does not reveal it either).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-ILLEGAL_FORMS = ("uniform", "suppress")
+ILLEGAL_FORMS = ("uniform", "suppress", "uniform_margin")
+MARGIN = 0.5  # logit gap the "uniform_margin" hinge asks between the top other class and the truth
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -41,9 +45,24 @@ def suppress_true(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return (-jnp.log1p(-jnp.exp(jnp.minimum(log_p_true, -1e-6)))).mean()
 
 
+def true_class_margin(logits: jax.Array, labels: jax.Array, margin: float = MARGIN) -> jax.Array:
+    """Mean hinge max(0, z_true - max_{j != true} z_j + margin): zero once the truth is not on top."""
+    num_classes = logits.shape[-1]
+    is_true = jax.nn.one_hot(labels, num_classes, dtype=bool)
+    true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    best_other = jnp.where(is_true, -jnp.inf, logits).max(axis=-1)
+    return jax.nn.relu(true_logit - best_other + margin).mean()
+
+
+def uniform_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """KL to uniform plus the true-class margin hinge."""
+    return uniform_kl(logits, labels) + true_class_margin(logits, labels)
+
+
 ILLEGAL_LOSSES: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "uniform": uniform_kl,
     "suppress": suppress_true,
+    "uniform_margin": uniform_margin,
 }
 
 

@@ -51,7 +51,7 @@ def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Pro
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
                                "near": float(obj.w_near)},
-                      illegal_form=obj.illegal_form)
+                      illegal_form=obj.illegal_form, temperature=float(obj.temperature))
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
@@ -294,10 +294,11 @@ def main(argv: list[str]) -> None:
     flags_ = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+    # Libraries (Orbax, TFDS) log every file operation at INFO; only this package's progress and
+    # other libraries' warnings reach the terminal.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         force=True)
-    if jax.process_index() != 0:
-        log.setLevel(logging.WARNING)
+    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     config = flags_.config
     workdir = Path(flags_.workdir)
     try:
@@ -338,9 +339,11 @@ def _unknown_override(argv: list[str]) -> str | None:
     from isnn_jax import config as embedded
 
     path = embedded.__file__
-    for arg in argv[1:]:
+    for arg, following in zip(argv[1:], argv[2:] + [""]):
         if arg.startswith("--config=") and len(arg) > 9:
             path = arg.split("=", 1)[1]
+        elif arg == "--config" and following:
+            path = following
     spec = importlib.util.spec_from_file_location("_isnn_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -365,7 +368,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
     try:
         return flags.FLAGS(argv)
-    except AttributeError:
+    except (AttributeError, KeyError):
         message = _unknown_override(argv) or "invalid --config override"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -374,5 +377,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
+    try:  # config_flags reads --config.* overrides from sys.argv while defining the flag
+        _define_flags()
+    except (AttributeError, KeyError):
+        print(f"error: {_unknown_override(sys.argv) or 'invalid --config override'}", file=sys.stderr)
+        sys.exit(2)
     app.run(main, flags_parser=_parse_flags)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import dataclasses
+
 import flax.linen as nn
 
 from isnn_jax.models.cnn import SmallCNN
@@ -12,10 +14,19 @@ from isnn_jax.models.resnet import ResNet18
 MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
 
 
+# Config fields each model reads; the config holds the union, so a field another model reads is
+# not an error (config.model.features means nothing to resnet18).
+def model_fields(name: str) -> tuple[str, ...]:
+    """The constructor fields of model `name` that a config may set."""
+    skip = {"num_classes", "parent", "name", "dtype"}
+    return tuple(f.name for f in dataclasses.fields(MODELS[name]) if f.name not in skip)
+
+
 def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """The module named by `model_config["name"]`, its other fields as constructor arguments."""
+    """The module named by `model_config["name"]`, built from the config fields it declares."""
     fields = dict(model_config)
     name = fields.pop("name")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, **fields)
+    known = set(model_fields(name))
+    return MODELS[name](num_classes=num_classes, **{k: v for k, v in fields.items() if k in known})

@@ -14,7 +14,7 @@ def _norm(kind: str, dtype: jnp.dtype) -> nn.Module:
         return nn.GroupNorm(num_groups=32, dtype=dtype)
     if kind == "layer":
         return nn.LayerNorm(dtype=dtype)
-    raise ValueError(f"unknown norm {kind!r}; choose 'group' or 'layer'")
+    raise ValueError(f"unknown norm {kind!r}; choose 'group' or 'layer' (BatchNorm is not offered: see docs/decisions.md)")
 
 
 class BasicBlock(nn.Module):
@@ -47,11 +47,15 @@ class ResNet18(nn.Module):
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     width: int = 64
     norm: str = "group"
+    input_offset: bool = False  # learned per-pixel input offset, as in SmallCNN
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(images.astype(self.dtype))
+        x = images.astype(self.dtype)
+        if self.input_offset:
+            x = x + self.param("input_offset", nn.initializers.zeros, images.shape[1:], self.dtype)
+        x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(_norm(self.norm, self.dtype)(x))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
