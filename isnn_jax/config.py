@@ -11,6 +11,8 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protect = True  # False trains the unprotected baseline with the same config.
+    config.parallelism = "sharded"  # sharded (jit over a device mesh) | pmap
+    config.distributed = False  # True: jax.distributed.initialize() (multi-host; docs/scaling.md)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"  # digits | fashion_mnist_idx | mnist | fashion_mnist | cifar10

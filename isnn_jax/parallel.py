@@ -52,3 +52,69 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a pytree on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def host_copy(tree: Any) -> Any:
+    """NumPy copies of replicated arrays, read from this process's first shard (multi-host safe)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+PARALLELISM = ("sharded", "pmap")
+
+
+class DataParallel:
+    """Runs one pure train step data-parallel, by sharded `jax.jit` or by `jax.pmap`.
+
+    The canonical state (what checkpoints and evaluation see) is always laid out on the mesh,
+    replicated; `pmap` keeps its own per-device copy between `place` and `canonical`.
+    """
+
+    def __init__(self, kind: str, mesh: Mesh, make_step: Any) -> None:
+        """`make_step(axis_name)` returns the pure step (axis_name is None for sharded jit)."""
+        if kind not in PARALLELISM:
+            raise ValueError(f"unknown config.parallelism {kind!r}; choose one of "
+                             f"{', '.join(PARALLELISM)}")
+        self.kind, self.mesh = kind, mesh
+        repl = replicated(mesh)
+        if kind == "sharded":
+            self._step = jax.jit(make_step(None), in_shardings=(repl, batch_sharding(mesh), repl, repl),
+                                 out_shardings=(repl, repl), donate_argnums=(0,))
+        else:
+            self._devices = jax.local_devices()
+            self._step = jax.pmap(make_step(DATA_AXIS), axis_name=DATA_AXIS,
+                                  in_axes=(0, 0, None, None), donate_argnums=(0,),
+                                  devices=self._devices)
+
+    def broadcast(self, tree: Any) -> Any:
+        """Step arguments every device needs whole (the rng, the licence and near keys)."""
+        return replicate(tree, self.mesh) if self.kind == "sharded" else tree
+
+    def place(self, state: Any) -> Any:
+        """The canonical (mesh-replicated) state in the layout this path steps on."""
+        if self.kind == "sharded":
+            return state
+        count = len(self._devices)  # pmap splits a leading axis of size `count` over the devices
+        return jax.tree.map(lambda x: np.stack([x] * count), host_copy(state))
+
+    def canonical(self, state: Any) -> Any:
+        """The stepped state back in the mesh-replicated layout (for checkpoints and evaluation)."""
+        if self.kind == "sharded":
+            return state
+        repl = replicated(self.mesh)
+
+        def to_mesh(x: jax.Array) -> jax.Array:
+            value = np.asarray(x[0])
+            return jax.make_array_from_callback(value.shape, repl, lambda index: value[index])
+
+        return jax.tree.map(to_mesh, state)
+
+    def step(self, state: Any, local_batch: dict[str, np.ndarray], rng: jax.Array,
+             keys: Any) -> tuple[Any, dict[str, jax.Array]]:
+        """One step on this process's share of the global batch; metrics are global means."""
+        if self.kind == "sharded":
+            return self._step(state, global_batch(local_batch, self.mesh), rng, keys)
+        count = len(self._devices)
+        split = {name: value.reshape(count, value.shape[0] // count, *value.shape[1:])
+                 for name, value in local_batch.items()}
+        state, metrics = self._step(state, split, rng, keys)
+        return state, jax.tree.map(lambda m: m[0], metrics)

@@ -62,30 +62,52 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def _example_keys(stream: jax.Array, first: jax.Array | int, count: int) -> jax.Array:
+    """One key per global example index `first .. first + count - 1` of `stream`.
+
+    Keys depend on an example's global index only, so splitting the batch over devices
+    (sharded jit or pmap, any device count) draws exactly the same keys for every example.
+    """
+    return jax.vmap(lambda index: jax.random.fold_in(stream, index))(first + jnp.arange(count))
+
+
 def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: jax.Array,
-               step_rng: jax.Array) -> dict[str, jax.Array]:
-    """The legal view and every illegal view of a batch of clean images, in a fixed order."""
+               step_rng: jax.Array, first_example: jax.Array | int = 0,
+               global_batch: int | None = None) -> dict[str, jax.Array]:
+    """The legal view and every illegal view of a batch of clean images, in a fixed order.
+
+    `images` are the global batch's examples `first_example ..` (a device's shard under pmap);
+    `global_batch` (default: this batch) numbers the wrong-key views of all devices apart.
+    """
     spec = protection.spec
     batch = images.shape[0]
+    global_batch = batch if global_batch is None else global_batch
     views = {"legal": apply_transform(spec, keys["licence"], images)}
     if protection.weights.get("clean", 0.0) > 0:
         views["clean"] = images
     if protection.wrong_views > 0:
-        count = batch * protection.wrong_views
-        wrong_keys = jax.random.split(jax.random.fold_in(step_rng, _WRONG_STREAM), count)
+        stream = jax.random.fold_in(step_rng, _WRONG_STREAM)
+        wrong_keys = jnp.concatenate([
+            _example_keys(stream, view * global_batch + first_example, batch)
+            for view in range(protection.wrong_views)])
         tiled = jnp.tile(images, (protection.wrong_views, 1, 1, 1))
         views["wrong"] = apply_per_example(spec, wrong_keys, tiled)
     near = keys.get("near")
     if near is not None and near.shape[0] > 0 and protection.weights.get("near", 0.0) > 0:
-        choice = jax.random.randint(jax.random.fold_in(step_rng, _NEAR_STREAM), (batch,), 0,
-                                    near.shape[0])
+        draw = _example_keys(jax.random.fold_in(step_rng, _NEAR_STREAM), first_example, batch)
+        choice = jax.vmap(lambda k: jax.random.randint(k, (), 0, near.shape[0]))(draw)
         views["near"] = apply_per_example(spec, near[choice], images)
     return views
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    protection: Protection, grad_reduce: Callable[[Any], Any] = lambda g: g) -> StepFn:
-    """The pure step for `model`; `grad_reduce` is the identity except under pmap (lax.pmean)."""
+                    protection: Protection, axis_name: str | None = None) -> StepFn:
+    """The pure step for `model`.
+
+    With `axis_name` (pmap), each device holds a shard of the batch: gradients and metrics are
+    averaged with `lax.pmean` over that axis and the random views are numbered by global example
+    index, so the result equals the sharded-jit and single-device step up to reduction order.
+    """
 
     def loss_fn(params: Any, batch: Batch, step_rng: jax.Array,
                 keys: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
@@ -94,7 +116,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             logits = model.apply({"params": params}, images)
             loss = objective.cross_entropy(logits, labels)
             return loss, {"loss": loss, "accuracy": objective.accuracy(logits, labels)}
-        views = make_views(protection, keys, images, step_rng)
+        local = images.shape[0]
+        if axis_name is None:
+            first, global_batch = 0, local
+        else:
+            first = jax.lax.axis_index(axis_name) * local
+            global_batch = local * jax.lax.psum(1, axis_name)
+        views = make_views(protection, keys, images, step_rng, first, global_batch)
         sizes = [v.shape[0] for v in views.values()]
         # One fused forward pass over all views: one large matmul per layer instead of several.
         logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
@@ -106,7 +134,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                    keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(rng, state.step)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng, keys)
-        grads, metrics = grad_reduce((grads, metrics))
+        if axis_name is not None:  # equal shard sizes: the mean of means is the global mean
+            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -27,8 +27,7 @@ from isnn_jax.licence import Licence, LicenceError, TransformSpec, stack_keys
 from isnn_jax.metric_writers import MetricWriter
 from isnn_jax.models import build_model
 from isnn_jax.near_keys import training_near_licences
-from isnn_jax.parallel import (batch_sharding, check_batch_size, global_batch, make_mesh,
-                               replicate, replicated)
+from isnn_jax.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
 from isnn_jax.step import Protection, TrainState, init_state, make_train_step
 
 log = logging.getLogger("isnn_jax")
@@ -117,6 +116,16 @@ def _format_progress(step: int, total: int, metrics: dict[str, float], rate: flo
     return " | ".join(parts)
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Join the multi-process JAX cluster when config.distributed is set (once per process).
+
+    Coordinator address, process count and id come from the environment (JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES, JAX_PROCESS_ID) or are detected on Cloud TPU and Slurm.
+    """
+    if config.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        licence: Licence | None = None) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in `workdir`), then evaluate on the test split.
@@ -124,6 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     Returns the evaluation report (also written to WORKDIR/final_evaluation.json).
     """
     check_config(config)
+    initialize_distributed(config)
     workdir = Path(workdir)
     spec = transform_spec(config)
     if config.protect:
@@ -168,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if mngr.latest_step() is not None:
         state = checkpoints.restore_state(mngr, state)
         if is_main:
-            log.info("resumed from checkpoint at step %d", int(state.step))
+            log.info("resumed from checkpoint at step %d", int(host_copy(state.step)))
     if is_main:
         metadata.write(workdir, _metadata_record(config, licence, int(train_images.shape[0])))
 
@@ -177,13 +187,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         near = training_near_licences(licence, int(config.objective.near_keys), int(config.seed))
         keys = {"licence": licence.key(), "near": stack_keys(near) if near else None}
         keys = {name: value for name, value in keys.items() if value is not None}
-    keys = replicate(keys, mesh)
-    step_fn = jax.jit(make_train_step(model, tx, protection),
-                      in_shardings=(repl, batch_sharding(mesh), repl, repl),
-                      out_shardings=(repl, repl), donate_argnums=(0,))
+    runner = DataParallel(str(config.parallelism), mesh,
+                          lambda axis: make_train_step(model, tx, protection, axis_name=axis))
+    keys, step_root = runner.broadcast((keys, step_root))
+    step = int(host_copy(state.step))
+    state = runner.place(state)
 
     writer = MetricWriter(workdir, enabled=is_main)
-    step = int(state.step)
     seed = int(config.seed)
     log_every = max(1, int(config.train.log_every_steps))
     ckpt_every = max(1, int(config.train.checkpoint_every_steps))
@@ -197,9 +207,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     try:
         while step < min(total_steps, stop_at):
             index = batch_indices(train_images.shape[0], local_batch, seed, step)
-            batch = global_batch({"image": to_float(train_images[index]),
-                                  "label": train_labels[index].astype(np.int32)}, mesh)
-            state, metrics = step_fn(state, batch, step_root, keys)
+            batch = {"image": to_float(train_images[index]),
+                     "label": train_labels[index].astype(np.int32)}
+            state, metrics = runner.step(state, batch, step_root, keys)
             step += 1
             if pending is not None:  # check the previous step while this one runs
                 _check_finite(*pending)
@@ -214,11 +224,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                 if is_main:
                     log.info(_format_progress(step, total_steps, values, rate, per_epoch))
             if step % ckpt_every == 0 and step < total_steps:
-                checkpoints.save(mngr, state)
+                checkpoints.save(mngr, runner.canonical(state))
         if pending is not None:
             _check_finite(*pending)
         if mngr.latest_step() != step:
-            checkpoints.save(mngr, state, force=True)
+            checkpoints.save(mngr, runner.canonical(state), force=True)
         mngr.wait_until_finished()
         if step < total_steps:
             if is_main:
@@ -230,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
     images = to_float(test_images)
     labels = test_labels.astype(np.int32)
-    params = jax.device_get(state.params)
+    params = host_copy(runner.canonical(state).params)
     if licence is not None:
         report = evaluate_protection(model, params, licence, images, labels,
                                      random_licences=int(config.eval.random_licences),
@@ -298,10 +308,11 @@ def main(argv: list[str]) -> None:
     # other libraries' warnings reach the terminal.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         force=True)
-    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     config = flags_.config
     workdir = Path(flags_.workdir)
     try:
+        initialize_distributed(config)
+        log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
         licence = _resolve_licence(flags_, config, workdir)
         report = train_and_evaluate(config, workdir, licence)
     except (ValueError, FileNotFoundError, NonFiniteLossError) as err:

@@ -108,23 +108,50 @@ def test_api_rejects_wrong_image_shape_dtype_and_range(trained):
         model.logits(np.full((2, 8, 8, 1), np.nan, np.float32))
 
 
-def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, data_dir):
-    licence = Licence(bytes(range(32)), "(c) Seller; Buyer; resume", SPEC)
-    config = tiny_config(data_dir, epochs=2, checkpoint_every_steps=15)
+RESUME_LICENCE = Licence(bytes(range(32)), "(c) Seller; Buyer; resume", SPEC)
+
+
+def short_config(data_dir, **train):
+    config = tiny_config(data_dir, epochs=2, checkpoint_every_steps=15, **train)
     config.eval.random_licences = 0
-    full = train_and_evaluate(config, tmp_path / "full", licence)
-    interrupted = tiny_config(data_dir, epochs=2, checkpoint_every_steps=15, stop_after_steps=15)
-    interrupted.eval.random_licences = 0
-    train_and_evaluate(interrupted, tmp_path / "resumed", licence)
-    resumed = train_and_evaluate(config, tmp_path / "resumed", licence)
-    a = api.load_protected(tmp_path / "full").params
-    b = api.load_protected(tmp_path / "resumed").params
+    return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """A 2-epoch sharded run without interruption: the reference for resume and pmap."""
+    workdir = tmp_path_factory.mktemp("full") / "w"
+    return workdir, train_and_evaluate(short_config(data_dir), workdir, RESUME_LICENCE)
+
+
+def final_loss(workdir, step):
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row["step"] == step and "loss" in row][0]["loss"]
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, data_dir, uninterrupted):
+    full_dir, full = uninterrupted
+    stopped = train_and_evaluate(short_config(data_dir, stop_after_steps=15), tmp_path / "r",
+                                 RESUME_LICENCE)
+    assert stopped == {"step": 15, "stopped_early": True}
+    resumed = train_and_evaluate(short_config(data_dir), tmp_path / "r", RESUME_LICENCE)
+    a = api.load_protected(full_dir).params
+    b = api.load_protected(tmp_path / "r").params
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert resumed["legal_accuracy"] == full["legal_accuracy"]
-    metrics = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    again = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    final = lambda rows: [r for r in rows if r["step"] == full["step"] and "loss" in r][0]
-    assert final(metrics)["loss"] == final(again)["loss"]
+    assert final_loss(tmp_path / "r", full["step"]) == final_loss(full_dir, full["step"])
+
+
+def test_pmap_trainer_matches_sharded_trainer(tmp_path, data_dir, uninterrupted):
+    full_dir, full = uninterrupted
+    config = short_config(data_dir)
+    config.parallelism = "pmap"
+    report = train_and_evaluate(config, tmp_path / "p", RESUME_LICENCE)
+    a = api.load_protected(full_dir).params
+    b = api.load_protected(tmp_path / "p").params
+    # Same pure step; only the order of the 2-device gradient sum differs (see test_parallel).
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a, b)
+    assert report["legal_accuracy"] == pytest.approx(full["legal_accuracy"], abs=0.01)
 
 
 def test_unprotected_baseline_trains_with_the_same_config(tmp_path, data_dir):
