@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from isnn_jax.step import TrainState
@@ -43,8 +44,8 @@ def restore_state(mngr: ocp.CheckpointManager, target: TrainState, step: int | N
         opt_state=ocp.args.StandardRestore(abstract.opt_state),
         step=ocp.args.JsonRestore(),
     ))
-    step_value = jax.numpy.asarray(restored["step"]["step"], dtype=target.step.dtype)
-    step_value = jax.device_put(step_value, getattr(target.step, "sharding", None))
+    value = np.asarray(restored["step"]["step"], dtype=target.step.dtype)
+    step_value = jax.make_array_from_callback(value.shape, target.step.sharding, lambda i: value[i])
     return TrainState(step=step_value, params=restored["params"],
                       opt_state=restored["opt_state"])
 
@@ -59,8 +60,12 @@ def restore_params(workdir: str | Path, abstract_params: Any, step: int | None =
                 f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train a model into this workdir "
                 "first (python -m isnn_jax.train --workdir ...)"
             )
+        # Restore onto this machine's first device, whatever topology the run was saved from.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                              abstract_params)
         restored = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params)))
+            params=ocp.args.StandardRestore(target)))
         return restored["params"], step
     finally:
         mngr.close()

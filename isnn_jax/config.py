@@ -17,6 +17,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"  # digits | fashion_mnist_idx | mnist | fashion_mnist | cifar10
     config.data.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets).
+    config.data.streams = 0  # input streams (0: one per process); fix it to compare process counts
     config.data.source_dir = ""  # raw files for local builders ("" = the builder's default).
 
     config.model = ml_collections.ConfigDict()

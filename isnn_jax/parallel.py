@@ -50,8 +50,20 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place a pytree on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Place a pytree (the same value on every process) on every device of the mesh.
+
+    Built from each process's own copy, so it also works when the mesh spans processes.
+    """
+    sharding = replicated(mesh)
+
+    def place(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = place(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree)
 
 
 def host_copy(tree: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,12 +17,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
 from isnn_jax import checkpoints, metadata
 from isnn_jax.config import ConfigError, check_config
-from isnn_jax.data import DATASETS, batch_indices, load_split, steps_per_epoch, to_float
+from isnn_jax.data import DATASETS, load_split, to_float
+from isnn_jax.data.streams import load_streams
 from isnn_jax.evaluate import evaluate_protection, format_report, plain_accuracy
 from isnn_jax.licence import Licence, LicenceError, TransformSpec, stack_keys
 from isnn_jax.metric_writers import MetricWriter
@@ -71,8 +74,7 @@ def check_licence_matches(licence: Licence, spec: TransformSpec) -> None:
         )
 
 
-def _metadata_record(config: ml_collections.ConfigDict, licence: Licence | None,
-                     num_train: int) -> dict[str, Any]:
+def _metadata_record(config: ml_collections.ConfigDict, licence: Licence | None) -> dict[str, Any]:
     spec = DATASETS[config.data.name]
     return {
         "dataset": config.data.name,
@@ -84,7 +86,6 @@ def _metadata_record(config: ml_collections.ConfigDict, licence: Licence | None,
         "transform": licence.transform.to_dict() if licence else None,
         "licence_fingerprint": licence.fingerprint() if licence else None,
         "model": config.model.to_dict(),
-        "num_train_examples": num_train,
         "config": config.to_dict(),
     }
 
@@ -122,8 +123,11 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     Coordinator address, process count and id come from the environment (JAX_COORDINATOR_ADDRESS,
     JAX_NUM_PROCESSES, JAX_PROCESS_ID) or are detected on Cloud TPU and Slurm.
     """
-    if config.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    if not config.distributed or jax.distributed.is_initialized():
+        return
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(index) if index else None)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -152,18 +156,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
     data_kwargs = {"data_dir": config.data.data_dir or None,
                    "source_dir": config.data.source_dir or None}
-    train_images, train_labels = load_split(config.data.name, "train",
-                                            process_index=jax.process_index(),
-                                            process_count=jax.process_count(), **data_kwargs)
+    batch_size = int(config.train.batch_size)
+    if jax.process_count() > 1:  # one process prepares the TFDS files; the others then read them
+        if not is_main:
+            multihost_utils.sync_global_devices("isnn_jax: data prepared")
+        load_split(config.data.name, "test", **data_kwargs)
+        if is_main:
+            multihost_utils.sync_global_devices("isnn_jax: data prepared")
+    streams = load_streams(config.data.name, global_batch=batch_size,
+                           streams=int(config.data.streams), seed=int(config.seed),
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           **data_kwargs)
     test_images, test_labels = load_split(config.data.name, "test", **data_kwargs)
     image_shape = tuple(DATASETS[config.data.name].image_shape)
     num_classes = DATASETS[config.data.name].num_classes
 
     mesh = make_mesh()
-    batch_size = int(config.train.batch_size)
     check_batch_size(batch_size, mesh)
-    local_batch = batch_size // jax.process_count()
-    per_epoch = steps_per_epoch(train_images.shape[0], local_batch)
+    per_epoch = streams.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
 
     model = build_model(config.model.to_dict(), num_classes)
@@ -180,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if is_main:
             log.info("resumed from checkpoint at step %d", int(host_copy(state.step)))
     if is_main:
-        metadata.write(workdir, _metadata_record(config, licence, int(train_images.shape[0])))
+        metadata.write(workdir, _metadata_record(config, licence))
 
     keys: dict[str, jax.Array] = {}
     if licence is not None:
@@ -194,7 +204,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     state = runner.place(state)
 
     writer = MetricWriter(workdir, enabled=is_main)
-    seed = int(config.seed)
     log_every = max(1, int(config.train.log_every_steps))
     ckpt_every = max(1, int(config.train.checkpoint_every_steps))
     if is_main:
@@ -206,10 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     last_time, last_step = time.perf_counter(), step
     try:
         while step < min(total_steps, stop_at):
-            index = batch_indices(train_images.shape[0], local_batch, seed, step)
-            batch = {"image": to_float(train_images[index]),
-                     "label": train_labels[index].astype(np.int32)}
-            state, metrics = runner.step(state, batch, step_root, keys)
+            state, metrics = runner.step(state, streams.batch(step), step_root, keys)
             step += 1
             if pending is not None:  # check the previous step while this one runs
                 _check_finite(*pending)

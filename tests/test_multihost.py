@@ -1,0 +1,125 @@
+"""Two JAX processes on 127.0.0.1 (4 fake CPU devices each) run the real trainer together.
+
+The pair must match a one-process 8-device run with the same two input streams, write one
+metadata file, and resume with both processes from a checkpoint after being killed.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from isnn_jax import api
+from isnn_jax.licence import Licence, TransformSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240  # seconds for one run of the pair; processes are killed after that
+
+OVERRIDES = [
+    "--config.model.features=(8,16)", "--config.model.hidden=32",
+    "--config.model.detector_features=16", "--config.licence.epsilon=0.1",
+    "--config.train.batch_size=64", "--config.train.epochs=1", "--config.train.warmup_steps=2",
+    "--config.train.log_every_steps=5", "--config.train.checkpoint_every_steps=5",
+    "--config.eval.random_licences=4", "--config.eval.near_per_class=1",
+    "--config.objective.near_keys=8", "--config.data.streams=2",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(workdir, licence_path, data_dir, *, processes, devices, extra=()):
+    """Start the trainer in `processes` processes; returns the Popen objects."""
+    port = free_port()
+    procs = []
+    for index in range(processes):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        args = [sys.executable, "-m", "isnn_jax.train", "--workdir", str(workdir),
+                "--licence", str(licence_path), f"--config.data.data_dir={data_dir}",
+                *OVERRIDES, *extra]
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index))
+            args.append("--config.distributed=True")
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def wait_all(procs, timeout=TIMEOUT):
+    """Outputs of all processes; kills every process if one fails or time runs out."""
+    deadline = time.monotonic() + timeout
+    outputs = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+            outputs.append(out)
+            assert proc.returncode == 0, out[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multihost")
+    licence = Licence(bytes(range(200, 232)), "(c) Seller; Buyer; multihost",
+                      TransformSpec(epsilon=0.1))
+    licence.save(root / "buyer.licence.json")
+    return root, root / "buyer.licence.json", root / "tfds"
+
+
+@pytest.fixture(scope="module")
+def single(setup):
+    root, licence_path, data_dir = setup
+    wait_all(launch(root / "single", licence_path, data_dir, processes=1, devices=8))
+    return root / "single"
+
+
+def assert_same_params(a_dir, b_dir):
+    a = api.load_protected(a_dir).params
+    b = api.load_protected(b_dir).params
+    # Same global batches and keys; the 8-way gradient sum may add in another order.
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a, b)
+
+
+def test_two_processes_match_one_process_with_eight_devices(setup, single):
+    root, licence_path, data_dir = setup
+    outputs = wait_all(launch(root / "pair", licence_path, data_dir, processes=2, devices=4))
+    assert "legal accuracy" in outputs[0] and "legal accuracy" not in outputs[1]
+    assert "global batch 64 on 8 devices" in outputs[0]
+    assert_same_params(single, root / "pair")
+    assert api.load_protected(root / "pair").step == api.load_protected(single).step == 22
+
+
+def test_killed_pair_resumes_from_its_checkpoint(setup, single):
+    root, licence_path, data_dir = setup
+    workdir = root / "killed"
+    procs = launch(workdir, licence_path, data_dir, processes=2, devices=4)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not (workdir / "checkpoints" / "10").is_dir():
+            assert time.monotonic() < deadline, "no checkpoint at step 10 in time"
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    outputs = wait_all(launch(workdir, licence_path, data_dir, processes=2, devices=4))
+    assert "resumed from checkpoint at step" in outputs[0]
+    assert_same_params(single, workdir)
