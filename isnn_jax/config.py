@@ -38,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.licence.distribution = "rademacher"
 
     config.objective = ml_collections.ConfigDict()
-    config.objective.illegal_form = "uniform_margin"  # uniform | suppress | uniform_margin
+    config.objective.illegal_form = "uniform_constant"  # see isnn_jax/objective.py for the forms
     config.objective.temperature = 1.0  # illegal logits are multiplied by this before the loss
     config.objective.w_clean = 1.0
     config.objective.w_wrong = 1.0

@@ -24,56 +24,74 @@ from isnn_jax.transforms import apply_transform
 IMAGES_PER_CALL = 8192  # keys x images evaluated in one compiled call
 
 
-def make_counter(model: nn.Module, spec: TransformSpec) -> Callable:
-    """A jitted function counting correct predictions for each of a chunk of keys."""
+def true_label_rank(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Rank of the true label in each output (0: the argmax, C-1: the argmin)."""
+    true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    return (logits > true_logit).sum(axis=-1)
+
+
+def _rank_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    num_classes = logits.shape[-1]
+    return jax.nn.one_hot(true_label_rank(logits, labels), num_classes, dtype=jnp.int32).sum(0)
+
+
+def make_rank_counter(model: nn.Module, spec: TransformSpec | None) -> Callable:
+    """A jitted count, per key of a chunk, of how often the true label has each output rank.
+
+    With `spec` None the images are used as given (one "key" row)."""
 
     def count(params: Any, keys: jax.Array, images: jax.Array, labels: jax.Array) -> jax.Array:
+        if spec is None:
+            return _rank_counts(model.apply({"params": params}, images), labels)[None]
+
         def one_key(key: jax.Array) -> jax.Array:
             logits = model.apply({"params": params}, apply_transform(spec, key, images))
-            return (logits.argmax(-1) == labels).sum()
+            return _rank_counts(logits, labels)
 
         return jax.vmap(one_key)(keys)
 
     return jax.jit(count)
 
 
-def make_plain_counter(model: nn.Module) -> Callable:
-    """A jitted count of correct predictions on images as given (no transform)."""
-
-    def count(params: Any, images: jax.Array, labels: jax.Array) -> jax.Array:
-        return (model.apply({"params": params}, images).argmax(-1) == labels).sum()
-
-    return jax.jit(count)
-
-
-def key_accuracies(model: nn.Module, params: Any, spec: TransformSpec, keys: jax.Array,
+def key_rank_rates(model: nn.Module, params: Any, spec: TransformSpec | None, keys: jax.Array | None,
                    images: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Accuracy on (images, labels) under each key in `keys` (one number per key)."""
-    counter = make_counter(model, spec)
-    num_keys, num_images = keys.shape[0], images.shape[0]
+    """(keys, classes): the fraction of images whose true label has rank r under each key.
+
+    Column 0 is the accuracy; the largest column is the best "pick the class at rank r" attack
+    a thief could run on the outputs. `spec=None, keys=None`: the images as given."""
+    counter = make_rank_counter(model, spec)
+    num_images = images.shape[0]
     batch_size = min(batch_size, num_images)
-    keys_per_call = max(1, IMAGES_PER_CALL // batch_size)
-    correct = np.zeros(num_keys, np.int64)
+    if spec is None:
+        keys, keys_per_call = jnp.zeros((1,)), 1
+    else:
+        keys_per_call = max(1, IMAGES_PER_CALL // batch_size)
+    num_keys = keys.shape[0]
+    counts = None
     for start in range(0, num_keys, keys_per_call):
         chunk = keys[start:start + keys_per_call]
         pad = keys_per_call - chunk.shape[0]
         if pad and num_keys > keys_per_call:  # keep one compiled shape for every chunk
             chunk = jnp.concatenate([chunk, jnp.repeat(chunk[:1], pad)])
-        counts = 0
+        total = 0
         for first in range(0, num_images, batch_size):
-            counts = counts + counter(params, chunk, images[first:first + batch_size],
-                                      labels[first:first + batch_size])
-        correct[start:start + keys_per_call] = np.asarray(counts)[:min(keys_per_call, num_keys - start)]
-    return correct / num_images
+            total = total + counter(params, chunk, images[first:first + batch_size],
+                                    labels[first:first + batch_size])
+        total = np.asarray(total)[:min(keys_per_call, num_keys - start)]
+        counts = total if counts is None else np.concatenate([counts, total])
+    return counts / num_images
+
+
+def key_accuracies(model: nn.Module, params: Any, spec: TransformSpec, keys: jax.Array,
+                   images: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Accuracy on (images, labels) under each key in `keys` (one number per key)."""
+    return key_rank_rates(model, params, spec, keys, images, labels, batch_size)[:, 0]
 
 
 def plain_accuracy(model: nn.Module, params: Any, images: np.ndarray, labels: np.ndarray,
                    batch_size: int = 1024) -> float:
     """Accuracy on images exactly as given."""
-    counter = make_plain_counter(model)
-    correct = sum(int(counter(params, images[i:i + batch_size], labels[i:i + batch_size]))
-                  for i in range(0, images.shape[0], batch_size))
-    return correct / images.shape[0]
+    return float(key_rank_rates(model, params, None, None, images, labels, batch_size)[0, 0])
 
 
 def mean_psnr(licence: Licence, images: np.ndarray) -> float:
@@ -97,16 +115,25 @@ def evaluate_protection(model: nn.Module, params: Any, licence: Licence, images:
     started = time.perf_counter()
     legal = float(key_accuracies(model, params, spec, licence.key()[None], images, labels,
                                  batch_size)[0])
+    clean_ranks = key_rank_rates(model, params, None, None, images, labels, batch_size)[0]
     report: dict[str, Any] = {
         "num_images": int(images.shape[0]),
         "legal_accuracy": legal,
-        "clean_accuracy": plain_accuracy(model, params, images, labels, batch_size),
+        "clean_accuracy": float(clean_ranks[0]),
         "psnr_legal_vs_clean_db": mean_psnr(licence, images),
+        # A thief may read any rank, not only the argmax: the best rank's hit rate on clean images.
+        "clean_rank_attack": {"best_rank": int(clean_ranks.argmax()),
+                              "accuracy": float(clean_ranks.max()),
+                              "rate_by_rank": [float(v) for v in clean_ranks]},
     }
     if random_licences:
-        wrong = key_accuracies(model, params, spec, random_keys(seed, random_licences), images,
-                               labels, batch_size)
-        report["wrong_key"] = _summary(wrong)
+        wrong_ranks = key_rank_rates(model, params, spec, random_keys(seed, random_licences),
+                                     images, labels, batch_size)
+        report["wrong_key"] = _summary(wrong_ranks[:, 0])
+        mean_ranks = wrong_ranks.mean(axis=0)
+        report["wrong_key_rank_attack"] = {"best_rank": int(mean_ranks.argmax()),
+                                           "mean_accuracy": float(mean_ranks.max()),
+                                           "max_accuracy": float(wrong_ranks[:, mean_ranks.argmax()].max())}
     near = near_licences(licence, near_per_class or None, seed)
     report["near_key"] = {}
     all_near = []
@@ -132,6 +159,9 @@ def format_report(report: dict[str, Any]) -> str:
     if "near_key_max" in report:
         count = sum(group["count"] for group in report["near_key"].values())
         lines.append(f"near-key accuracy    max {report['near_key_max']:.2%}  ({count} near licences)")
+    attack = report["clean_rank_attack"]
+    lines.append(f"rank attack (clean)  {attack['accuracy']:.2%}  (picking the class at output "
+                 f"rank {attack['best_rank']}, 0 = argmax)")
     lines.append(f"PSNR legal vs clean  {report['psnr_legal_vs_clean_db']:.1f} dB")
     if "baseline_accuracy" in report:
         lines.append(f"unprotected baseline {report['baseline_accuracy']:.2%}")

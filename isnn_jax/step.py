@@ -128,7 +128,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
         splits = jnp.split(logits, _offsets(sizes))
         return objective.combined_loss(dict(zip(views, splits)), labels, protection.weights,
-                                       protection.illegal_form, protection.temperature)
+                                       protection.illegal_form, protection.temperature,
+                                       axis_name)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                    keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:

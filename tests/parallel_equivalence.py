@@ -26,7 +26,7 @@ def run(kind: str, devices: list) -> tuple[dict, dict]:
     model = build_model({"name": "small_cnn", "features": (8, 16), "hidden": 32,
                          "detector_features": 16, "input_offset": True}, 10)
     tx = optax.adam(1e-3)
-    protection = Protection(spec=TransformSpec(), wrong_views=2, illegal_form="uniform_margin")
+    protection = Protection(spec=TransformSpec(), wrong_views=2, illegal_form="uniform_constant")
     licence = Licence(bytes(range(32)), "(c) Seller; Buyer; parallel")
     keys = {"licence": licence.key(), "near": random_keys(7, 16)}
     state = replicate(init_state(model, tx, jax.random.key(0), (8, 8, 1)), mesh)
