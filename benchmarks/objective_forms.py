@@ -3,8 +3,10 @@
     python benchmarks/objective_forms.py --config configs/fashion_mnist.py --epochs 1
 
 Each form trains with the real trainer into a fresh temporary workdir with the same licence,
-seed and data order; the table lists legal, clean, wrong-key and near-key accuracy per form and
-the JSON lands in benchmarks/results/objective_forms.json.
+seed and data order. The table lists legal, clean, wrong-key and near-key accuracy per form and
+the best rank attack (the hit rate of always picking the class at one output rank, the argmin
+included) on clean and on wrong-key images; the JSON lands in
+benchmarks/results/objective_forms.json.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ VARIANTS = {
     "uniform_t3": ("uniform", 3.0),
     "suppress": ("suppress", 1.0),
     "uniform_margin": ("uniform_margin", 1.0),
+    "uniform_constant": ("uniform_constant", 1.0),
+    "constant": ("constant", 1.0),
 }
 
 
@@ -66,14 +70,20 @@ def main() -> None:
         rows.append({"variant": name, "illegal_form": form, "temperature": temperature,
                      "legal": report["legal_accuracy"], "clean": report["clean_accuracy"],
                      "wrong_mean": report["wrong_key"]["mean"], "wrong_max": report["wrong_key"]["max"],
-                     "near_max": report["near_key_max"], "seconds": time.perf_counter() - started})
+                     "near_max": report["near_key_max"],
+                     "clean_rank_attack": report["clean_rank_attack"]["accuracy"],
+                     "wrong_rank_attack": report["wrong_key_rank_attack"]["mean_accuracy"],
+                     "seconds": time.perf_counter() - started})
         print(f"{name:16s} legal {rows[-1]['legal']:.4f}  clean {rows[-1]['clean']:.4f}  "
               f"wrong mean {rows[-1]['wrong_mean']:.4f} max {rows[-1]['wrong_max']:.4f}  "
-              f"near max {rows[-1]['near_max']:.4f}", flush=True)
-    print(f"\n{'variant':16s} {'legal':>7s} {'clean':>7s} {'wrong':>7s} {'wr max':>7s} {'near mx':>7s}")
+              f"near max {rows[-1]['near_max']:.4f}  rank attack {rows[-1]['clean_rank_attack']:.4f}",
+              flush=True)
+    print(f"\n{'variant':16s} {'legal':>7s} {'clean':>7s} {'wrong':>7s} {'wr max':>7s} {'near mx':>7s}"
+          f" {'rank atk clean':>14s} {'rank atk wrong':>14s}")
     for row in rows:
         print(f"{row['variant']:16s} {row['legal']:7.2%} {row['clean']:7.2%} {row['wrong_mean']:7.2%} "
-              f"{row['wrong_max']:7.2%} {row['near_max']:7.2%}")
+              f"{row['wrong_max']:7.2%} {row['near_max']:7.2%} {row['clean_rank_attack']:14.2%} "
+              f"{row['wrong_rank_attack']:14.2%}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/objective_forms.py " + " ".join(sys.argv[1:])

@@ -118,5 +118,6 @@ def load_protected(workdir: str | Path, step: int | None = None) -> ProtectedMod
     module = build_model(meta["model"], int(meta["num_classes"]))
     shape = (1, *meta["image_shape"])
     abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))["params"]
-    params, step = checkpoints.restore_params(workdir, abstract, step)
+    directory = checkpoints.checkpoint_dir(workdir, meta.get("checkpoint_dir", ""))
+    params, step = checkpoints.restore_params(directory, abstract, step)
     return ProtectedModel(module=module, params=params, meta=meta, step=int(step), workdir=workdir)

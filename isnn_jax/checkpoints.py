@@ -18,11 +18,18 @@ from isnn_jax.step import TrainState
 CHECKPOINT_DIR = "checkpoints"
 
 
-def manager(workdir: str | Path, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
-    """The workdir's checkpoint manager (asynchronous saves, `keep` newest kept)."""
+def checkpoint_dir(workdir: str | Path, directory: str = "") -> str:
+    """Where checkpoints go: `directory` if given (a local path or a gs:// URL), else WORKDIR/checkpoints."""
+    if directory:
+        return directory if "://" in directory else str(Path(directory).absolute())
+    return str(Path(workdir).absolute() / CHECKPOINT_DIR)
+
+
+def manager(directory: str, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
+    """The checkpoint manager of `directory` (asynchronous saves, `keep` newest kept)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            enable_async_checkpointing=True, read_only=read_only)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, state: TrainState, *, force: bool = False) -> bool:
@@ -50,14 +57,14 @@ def restore_state(mngr: ocp.CheckpointManager, target: TrainState, step: int | N
                       opt_state=restored["opt_state"])
 
 
-def restore_params(workdir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
     """The parameters alone (newest step by default) and the step they come from."""
-    mngr = manager(workdir, read_only=True)
+    mngr = manager(directory, read_only=True)
     try:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(
-                f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train a model into this workdir "
+                f"no checkpoint in {directory}; train a model into this workdir "
                 "first (python -m isnn_jax.train --workdir ...)"
             )
         # Restore onto this machine's first device, whatever topology the run was saved from.

@@ -54,6 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.log_every_steps = 50
     config.train.checkpoint_every_steps = 500
     config.train.keep_checkpoints = 3
+    config.train.checkpoint_dir = ""  # "" = WORKDIR/checkpoints; may be a gs:// bucket path
     config.train.stop_after_steps = 0  # >0: save and stop at this step (the run resumes later)
 
     config.eval = ml_collections.ConfigDict()

@@ -209,7 +209,7 @@ class Licence:
         if not path.is_file():
             raise LicenceError(
                 f"licence file {path} not found; pass the buyer's licence file, "
-                "or issue one with `python -m isnn_jax.train ... --licence NEW_PATH`"
+                "or issue one with `python -m isnn_jax.licence issue --copyright TEXT --out NEW_PATH`"
             )
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -236,3 +236,41 @@ def stack_keys(licences: list[Licence]) -> jax.Array:
         [np.frombuffer(lic.key_bytes()[:8], dtype=">u4").astype(np.uint32) for lic in licences]
     )
     return jax.random.wrap_key_data(words, impl=PRNG_IMPL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m isnn_jax.licence issue|show`: issue a licence file, or show its public fields."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m isnn_jax.licence", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    issue = sub.add_parser("issue", help="issue a new licence into a new file (mode 0600)")
+    issue.add_argument("--copyright", required=True, help="text naming seller, buyer and licence")
+    issue.add_argument("--out", required=True, help="new file; an existing file is never overwritten")
+    defaults = TransformSpec()
+    issue.add_argument("--kind", default=defaults.kind)
+    issue.add_argument("--epsilon", type=float, default=defaults.epsilon)
+    issue.add_argument("--block_size", type=int, default=defaults.block_size)
+    issue.add_argument("--distribution", default=defaults.distribution)
+    show = sub.add_parser("show", help="print a licence's copyright, transform and fingerprint")
+    show.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "issue":
+            spec = TransformSpec(kind=args.kind, epsilon=args.epsilon, block_size=args.block_size,
+                                 distribution=args.distribution)
+            licence = Licence.issue(args.copyright, spec)
+            licence.save(args.out)
+        else:
+            licence = Licence.load(args.file)
+    except (LicenceError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"copyright": licence.copyright, "transform": licence.transform.to_dict(),
+                      "fingerprint": licence.fingerprint()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -86,6 +86,7 @@ def _metadata_record(config: ml_collections.ConfigDict, licence: Licence | None)
         "transform": licence.transform.to_dict() if licence else None,
         "licence_fingerprint": licence.fingerprint() if licence else None,
         "model": config.model.to_dict(),
+        "checkpoint_dir": config.train.checkpoint_dir,
         "config": config.to_dict(),
     }
 
@@ -184,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
     repl = replicated(mesh)
     state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape), out_shardings=repl)(init_rng)
-    mngr = checkpoints.manager(workdir, int(config.train.keep_checkpoints))
+    mngr = checkpoints.manager(checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir),
+                               int(config.train.keep_checkpoints))
     if mngr.latest_step() is not None:
         state = checkpoints.restore_state(mngr, state)
         if is_main:
@@ -293,6 +295,10 @@ def _resolve_licence(flags: Any, config: ml_collections.ConfigDict, workdir: Pat
     if not flags.issue_licence:
         raise LicenceError("a protected run needs --licence FILE (existing) or --issue_licence "
                            "NEW_FILE (issue a new licence there); keep it outside the workdir")
+    if jax.process_count() > 1:
+        raise LicenceError("--issue_licence cannot be used by several processes; issue the licence "
+                           "once (python -m isnn_jax.licence ISSUE ...) or in a one-process run, "
+                           "copy it to every worker and pass --licence FILE")
     path = Path(flags.issue_licence).absolute()
     if (workdir.absolute() / checkpoints.CHECKPOINT_DIR) in path.parents:
         raise LicenceError("refusing to issue a licence inside the workdir's checkpoints; "
