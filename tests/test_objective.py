@@ -34,8 +34,10 @@ def test_combined_loss_weights_and_metrics():
         objective.combined_loss(views, labels, {}, "nope")
 
 
-@pytest.mark.parametrize("form", objective.ILLEGAL_FORMS)
-@pytest.mark.parametrize("kind", ["additive", "shuffle_additive"])
+CASES = [(form, "additive") for form in objective.ILLEGAL_FORMS] + [("uniform_constant", "shuffle_additive")]
+
+
+@pytest.mark.parametrize("form,kind", CASES)
 def test_train_step_gradients_are_finite(licence, form, kind):
     model = build_model({"name": "small_cnn", "features": (4, 8), "hidden": 16,
                          "detector_features": 8}, 10)
@@ -51,3 +53,25 @@ def test_train_step_gradients_are_finite(licence, form, kind):
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert float(metrics["grad_norm"]) > 0
     assert {"legal_loss", "clean_loss", "wrong_loss", "near_loss"} <= set(metrics)
+
+
+def test_variance_and_margin_terms_vanish_exactly_where_they_should():
+    labels = jnp.array([0, 1, 2, 3])
+    same = jnp.tile(jnp.array([[3.0, 1.0, 0.0, -2.0]]), (4, 1))
+    assert float(objective.output_variance(same, labels)) == pytest.approx(0.0, abs=1e-7)
+    # Adding a constant per row changes nothing (only the centred logits count).
+    shifted = same + jnp.arange(4.0)[:, None]
+    assert float(objective.output_variance(shifted, labels)) == pytest.approx(0.0, abs=1e-6)
+    varied = same.at[0, 0].set(7.0)
+    assert float(objective.output_variance(varied, labels)) > 0.5
+    # Truth 1.0 below the best other logit: the 0.5 margin is met; truth on top: penalised.
+    below = jnp.array([[0.0, 1.0, 0.0, 0.0]])
+    assert float(objective.true_class_margin(below, jnp.array([0]))) == 0.0
+    assert float(objective.true_class_margin(below, jnp.array([1]))) == pytest.approx(1.5)
+
+
+def test_true_label_rank_counts_outputs_above_the_truth():
+    from isnn_jax.evaluate import true_label_rank
+
+    logits = jnp.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4]])
+    np.testing.assert_array_equal(np.asarray(true_label_rank(logits, jnp.array([1, 1]))), [0, 2])
