@@ -82,6 +82,25 @@ def key_rank_rates(model: nn.Module, params: Any, spec: TransformSpec | None, ke
     return counts / num_images
 
 
+def across_processes(compute: Callable[[jax.Array], np.ndarray], keys: jax.Array) -> np.ndarray:
+    """`compute(keys)` with the keys split over the JAX processes and the rows gathered back.
+
+    Each process evaluates its contiguous share (padded to equal length), so a multi-host
+    evaluation of N licences costs each process N / processes of the work."""
+    count = jax.process_count()
+    if count == 1:
+        return compute(keys)
+    from jax.experimental import multihost_utils
+
+    total = keys.shape[0]
+    share = -(-total // count)
+    mine = keys[jax.process_index() * share:(jax.process_index() + 1) * share]
+    if mine.shape[0] < share:  # only trailing shares are short; their padding is cut below
+        mine = jnp.concatenate([mine, jnp.repeat(keys[:1], share - mine.shape[0])])
+    gathered = np.asarray(multihost_utils.process_allgather(compute(mine)))
+    return gathered.reshape(count * share, *gathered.shape[2:])[:total]
+
+
 def key_accuracies(model: nn.Module, params: Any, spec: TransformSpec, keys: jax.Array,
                    images: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Accuracy on (images, labels) under each key in `keys` (one number per key)."""
@@ -127,8 +146,9 @@ def evaluate_protection(model: nn.Module, params: Any, licence: Licence, images:
                               "rate_by_rank": [float(v) for v in clean_ranks]},
     }
     if random_licences:
-        wrong_ranks = key_rank_rates(model, params, spec, random_keys(seed, random_licences),
-                                     images, labels, batch_size)
+        wrong_ranks = across_processes(
+            lambda keys: key_rank_rates(model, params, spec, keys, images, labels, batch_size),
+            random_keys(seed, random_licences))
         report["wrong_key"] = _summary(wrong_ranks[:, 0])
         mean_ranks = wrong_ranks.mean(axis=0)
         report["wrong_key_rank_attack"] = {"best_rank": int(mean_ranks.argmax()),
@@ -138,8 +158,9 @@ def evaluate_protection(model: nn.Module, params: Any, licence: Licence, images:
     report["near_key"] = {}
     all_near = []
     for name, group in near.items():
-        accuracies = key_accuracies(model, params, spec, stack_keys(group), images, labels,
-                                    batch_size)
+        accuracies = across_processes(
+            lambda keys: key_accuracies(model, params, spec, keys, images, labels, batch_size),
+            stack_keys(group))
         report["near_key"][name] = _summary(accuracies)
         all_near.append(accuracies)
     if all_near:

@@ -102,3 +102,16 @@ def test_copyright_edit_classes_are_one_edit_away():
     assert len(edits["deletion"]) == len(set(text[:i] + text[i + 1:] for i in range(len(text))))
     assert all(edit != text for group in edits.values() for edit in group)
     assert len(bit_flips(bytes(32))) == 256
+
+
+def test_licence_cli_issues_once_and_never_prints_the_secret(tmp_path, capsys):
+    from isnn_jax.licence import main
+
+    out = tmp_path / "buyer.licence.json"
+    assert main(["issue", "--copyright", "(c) S; B; 9", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    licence = Licence.load(out)
+    assert licence.fingerprint() in printed and licence.secret.hex() not in printed
+    assert main(["issue", "--copyright", "(c) S; B; 9", "--out", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert Licence.load(out).secret == licence.secret

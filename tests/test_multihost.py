@@ -4,6 +4,7 @@ The pair must match a one-process 8-device run with the same two input streams, 
 metadata file, and resume with both processes from a checkpoint after being killed.
 """
 
+import json
 import os
 import signal
 import socket
@@ -104,6 +105,13 @@ def test_two_processes_match_one_process_with_eight_devices(setup, single):
     assert "global batch 64 on 8 devices" in outputs[0]
     assert_same_params(single, root / "pair")
     assert api.load_protected(root / "pair").step == api.load_protected(single).step == 22
+    # Evaluation is split over the two processes and gathered: the same report as one process.
+    pair = json.loads((root / "pair" / "final_evaluation.json").read_text())
+    alone = json.loads((single / "final_evaluation.json").read_text())
+    assert pair["wrong_key"]["count"] == 4 and pair["near_key"].keys() == alone["near_key"].keys()
+    for name in ("legal_accuracy", "clean_accuracy"):
+        assert pair[name] == pytest.approx(alone[name], abs=0.01)
+    assert pair["wrong_key"]["mean"] == pytest.approx(alone["wrong_key"]["mean"], abs=0.01)
 
 
 def test_killed_pair_resumes_from_its_checkpoint(setup, single):

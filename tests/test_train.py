@@ -159,9 +159,13 @@ def test_pmap_trainer_matches_sharded_trainer(tmp_path, data_dir, uninterrupted)
 def test_unprotected_baseline_trains_with_the_same_config(tmp_path, data_dir):
     config = tiny_config(data_dir, epochs=2)
     config.protect = False
+    config.train.checkpoint_dir = str(tmp_path / "elsewhere")  # e.g. a bucket on a pod
     report = train_and_evaluate(config, tmp_path / "base")
     assert report["clean_accuracy"] > 0.8, report
-    assert api.load_protected(tmp_path / "base").meta["licence_fingerprint"] is None
+    assert not (tmp_path / "base" / "checkpoints").exists()
+    assert (tmp_path / "elsewhere" / str(report["step"])).is_dir()
+    model = api.load_protected(tmp_path / "base")
+    assert model.meta["licence_fingerprint"] is None and model.step == report["step"]
 
 
 def test_unknown_config_field_is_named_with_a_suggestion(tmp_path, data_dir):
