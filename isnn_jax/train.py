@@ -6,6 +6,7 @@ python -m isnn_jax.train --workdir DIR [--config configs/fashion_mnist.py] \
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -131,6 +132,22 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
                                process_id=int(index) if index else None)
 
 
+def check_processes_agree(config: ml_collections.ConfigDict, licence: Licence | None) -> None:
+    """Every process must run the same config with the same licence; compares hashes only."""
+    if jax.process_count() == 1:
+        return
+    config_hash = hashlib.sha256(config.to_json(sort_keys=True).encode()).digest()[:4]
+    licence_hash = bytes.fromhex(licence.fingerprint()[:8]) if licence else bytes(4)
+    mine = np.frombuffer(config_hash + licence_hash, dtype=np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), 2)
+    for column, what, fix in ((0, "config", "pass the same --config file and overrides"),
+                              (1, "licence", "copy the same licence file to every worker")):
+        if (every[:, column] != every[0, column]).any():
+            odd = [int(i) for i in np.nonzero(every[:, column] != every[0, column])[0]]
+            raise ConfigError(f"the {what} differs between processes (process 0 vs processes "
+                              f"{odd}); {fix}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        licence: Licence | None = None) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in `workdir`), then evaluate on the test split.
@@ -152,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         raise ConfigError(f"unknown dataset config.data.name={config.data.name!r}; "
                           f"choose one of {', '.join(DATASETS)}")
     is_main = jax.process_index() == 0
+    check_processes_agree(config, licence)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_licence(workdir, licence)
 

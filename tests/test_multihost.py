@@ -39,7 +39,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(workdir, licence_path, data_dir, *, processes, devices, extra=()):
+def launch(workdir, licence_path, data_dir, *, processes, devices, extra=(), per_process=None):
     """Start the trainer in `processes` processes; returns the Popen objects."""
     port = free_port()
     procs = []
@@ -48,7 +48,7 @@ def launch(workdir, licence_path, data_dir, *, processes, devices, extra=()):
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
         args = [sys.executable, "-m", "isnn_jax.train", "--workdir", str(workdir),
                 "--licence", str(licence_path), f"--config.data.data_dir={data_dir}",
-                *OVERRIDES, *extra]
+                *OVERRIDES, *extra, *((per_process or {}).get(index, ()))]
         if processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                        JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index))
@@ -131,3 +131,18 @@ def test_killed_pair_resumes_from_its_checkpoint(setup, single):
     outputs = wait_all(launch(workdir, licence_path, data_dir, processes=2, devices=4))
     assert "resumed from checkpoint at step" in outputs[0]
     assert_same_params(single, workdir)
+
+
+def test_processes_with_different_configs_refuse_to_train(setup):
+    root, licence_path, data_dir = setup
+    procs = launch(root / "mismatch", licence_path, data_dir, processes=2, devices=4,
+                   per_process={1: ["--config.train.learning_rate=0.5"]})
+    try:
+        outputs = [proc.communicate(timeout=TIMEOUT)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [2, 2], outputs
+    assert "error: the config differs between processes (process 0 vs processes [1])" in outputs[0]
+    assert not (root / "mismatch" / "checkpoints").exists()
