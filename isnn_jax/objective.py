@@ -102,7 +102,7 @@ def combined_loss(
     views: Mapping[str, jax.Array],
     labels: jax.Array,
     weights: Mapping[str, float],
-    illegal_form: str = "uniform",
+    illegal_form: str = "uniform_constant",
     temperature: float = 1.0,
     axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

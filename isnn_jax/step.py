@@ -47,7 +47,7 @@ class Protection:
     weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
     )
-    illegal_form: str = "uniform"
+    illegal_form: str = "uniform_constant"
     temperature: float = 1.0
 
     def __hash__(self) -> int:

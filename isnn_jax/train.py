@@ -25,7 +25,7 @@ import optax
 from isnn_jax import checkpoints, metadata
 from isnn_jax.config import ConfigError, check_config
 from isnn_jax.data import DATASETS, load_split, to_float
-from isnn_jax.data.streams import load_streams
+from isnn_jax.data.streams import load_streams, stream_count
 from isnn_jax.evaluate import evaluate_protection, format_report, plain_accuracy
 from isnn_jax.licence import Licence, LicenceError, TransformSpec, stack_keys
 from isnn_jax.metric_writers import MetricWriter
@@ -170,12 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                           f"choose one of {', '.join(DATASETS)}")
     is_main = jax.process_index() == 0
     check_processes_agree(config, licence)
+    batch_size = int(config.train.batch_size)
+    mesh = make_mesh()
+    check_batch_size(batch_size, mesh)  # bad sizes fail before anything is written
+    stream_count(int(config.data.streams), batch_size, jax.process_count())
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_licence(workdir, licence)
 
     data_kwargs = {"data_dir": config.data.data_dir or None,
                    "source_dir": config.data.source_dir or None}
-    batch_size = int(config.train.batch_size)
     if jax.process_count() > 1:  # one process prepares the TFDS files; the others then read them
         if not is_main:
             multihost_utils.sync_global_devices("isnn_jax: data prepared")
@@ -190,8 +193,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     image_shape = tuple(DATASETS[config.data.name].image_shape)
     num_classes = DATASETS[config.data.name].num_classes
 
-    mesh = make_mesh()
-    check_batch_size(batch_size, mesh)
     per_epoch = streams.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
 

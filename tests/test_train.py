@@ -206,3 +206,10 @@ def test_cli_unknown_override_and_missing_licence_errors(tmp_path):
     result = run_cli("--workdir", str(tmp_path / "w"), "--licence", str(tmp_path / "none.json"))
     assert result.returncode == 2
     assert "licence file" in result.stderr and "not found" in result.stderr
+
+
+def test_batch_not_divisible_by_devices_fails_before_writing(tmp_path, data_dir):
+    config = tiny_config(data_dir, batch_size=63)  # 2 fake devices (conftest)
+    with pytest.raises(ValueError, match="batch_size=63 does not divide by the 2 devices"):
+        train_and_evaluate(config, tmp_path / "w", RESUME_LICENCE)
+    assert not (tmp_path / "w").exists()
