@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -89,7 +90,10 @@ def main() -> None:
               f"{row['step_s'] * 1e3:9.1f} {row['images_per_s']:9.0f} {row['relative_to_first']:9.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
+    flags = os.environ.get("XLA_FLAGS", "")
+    command = " ".join(filter(None, [f"XLA_FLAGS={flags}" if flags else "",
+                                     "python benchmarks/scaling.py", *sys.argv[1:]]))
+    record = {"command": command,
               "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
               "host": platform.processor() or platform.machine(), "jax": jax.__version__,
               "model": model_config, "rows": rows}
