@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.experimental import multihost_utils
 import numpy as np
@@ -32,7 +31,7 @@ from isnn_jax.metric_writers import MetricWriter
 from isnn_jax.models import build_model
 from isnn_jax.near_keys import training_near_licences
 from isnn_jax.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
-from isnn_jax.step import Protection, TrainState, init_state, make_train_step
+from isnn_jax.step import Protection, init_state, make_train_step
 
 log = logging.getLogger("isnn_jax")
 

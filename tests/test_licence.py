@@ -3,13 +3,12 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from isnn_jax.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.near_keys import bit_flips, copyright_edits
-from isnn_jax.transforms import apply_transform, additive_pattern
+from isnn_jax.transforms import additive_pattern
 
 
 def pattern(lic: Licence) -> np.ndarray:
