@@ -112,13 +112,7 @@ class DataParallel:
         """The stepped state back in the mesh-replicated layout (for checkpoints and evaluation)."""
         if self.kind == "sharded":
             return state
-        repl = replicated(self.mesh)
-
-        def to_mesh(x: jax.Array) -> jax.Array:
-            value = np.asarray(x[0])
-            return jax.make_array_from_callback(value.shape, repl, lambda index: value[index])
-
-        return jax.tree.map(to_mesh, state)
+        return replicate(jax.tree.map(lambda x: np.asarray(x[0]), state), self.mesh)
 
     def step(self, state: Any, local_batch: dict[str, np.ndarray], rng: jax.Array,
              keys: Any) -> tuple[Any, dict[str, jax.Array]]:
