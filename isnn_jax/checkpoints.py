@@ -1,21 +1,34 @@
-"""Orbax checkpoints of the training state: async saves, a bounded number kept, newest restored.
+"""Orbax checkpoints of the training state: async atomic saves, verified restores.
 
 Items are saved separately (`params`, `opt_state`, `step`) so that inference restores the
-parameters alone. Keys are never part of the state, so no checkpoint holds key material.
+parameters alone. The `step` item also records a SHA-256 digest of the parameters and of the
+optimiser state: Orbax restores silently garbled array bytes, so the digest is what detects them.
+An unusable newest checkpoint is reported and set aside, and the previous good one is used.
+Keys are never part of the state, so no checkpoint holds key material.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 from isnn_jax.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_SUFFIX = ".corrupt"
+log = logging.getLogger("isnn_jax")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected; the message names each failure and the fix."""
 
 
 def checkpoint_dir(workdir: str | Path, directory: str = "") -> str:
@@ -26,43 +39,122 @@ def checkpoint_dir(workdir: str | Path, directory: str = "") -> str:
 
 
 def manager(directory: str, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
-    """The checkpoint manager of `directory` (asynchronous saves, `keep` newest kept)."""
+    """The checkpoint manager of `directory` (asynchronous saves, `keep` newest kept).
+
+    A writable manager removes temporary directories that a crash in the middle of a save left.
+    """
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           enable_async_checkpointing=True, read_only=read_only)
+                                           enable_async_checkpointing=True, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(directory, options=options)
 
 
+def tree_digest(tree: Any) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (multi-host safe)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        array = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        array = np.ascontiguousarray(np.asarray(array))
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def save(mngr: ocp.CheckpointManager, state: TrainState, *, force: bool = False) -> bool:
-    """Start an asynchronous save of `state` at its step."""
-    step = int(jax.device_get(state.step))
+    """Start an asynchronous save of `state` at its step, with digests of its contents."""
+    step = int(np.asarray(state.step.addressable_data(0)))
+    record = {"step": step, "params_sha256": tree_digest(state.params),
+              "opt_state_sha256": tree_digest(state.opt_state)}
     return mngr.save(step, force=force, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
-        step=ocp.args.JsonSave({"step": step}),
+        step=ocp.args.JsonSave(record),
     ))
 
 
-def restore_state(mngr: ocp.CheckpointManager, target: TrainState, step: int | None = None) -> TrainState:
-    """The state at `step` (default: newest), laid out like `target` (shapes and shardings)."""
-    step = mngr.latest_step() if step is None else step
+def _verify(what: str, tree: Any, record: dict[str, Any]) -> None:
+    expected = record.get(f"{what}_sha256")
+    if expected is None:
+        log.warning("checkpoint at step %s has no %s digest (written by an older version); "
+                    "its contents are not verified", record.get("step"), what)
+    elif tree_digest(tree) != expected:
+        raise CheckpointError(f"the {what} do not match their recorded digest (garbled data)")
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
+
+
+def _restore_state_at(mngr: ocp.CheckpointManager, target: TrainState, step: int) -> TrainState:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract.params),
         opt_state=ocp.args.StandardRestore(abstract.opt_state),
         step=ocp.args.JsonRestore(),
     ))
-    value = np.asarray(restored["step"]["step"], dtype=target.step.dtype)
+    record = restored["step"]
+    if not isinstance(record, dict) or record.get("step") != step:
+        raise CheckpointError(f"its step record {record!r} does not name step {step}")
+    _verify("params", restored["params"], record)
+    _verify("opt_state", restored["opt_state"], record)
+    value = np.asarray(step, dtype=target.step.dtype)
     step_value = jax.make_array_from_callback(value.shape, target.step.sharding, lambda i: value[i])
-    return TrainState(step=step_value, params=restored["params"],
-                      opt_state=restored["opt_state"])
+    return TrainState(step=step_value, params=restored["params"], opt_state=restored["opt_state"])
+
+
+def _set_aside(directory: str, steps: list[int]) -> list[str]:
+    """Rename unusable step directories to STEP.corrupt[N] (process 0), so the steps can be saved again."""
+    names = []
+    for step in steps:
+        source = epath.Path(directory) / str(step)
+        target, n = source.parent / f"{step}{CORRUPT_SUFFIX}", 1
+        while target.exists():
+            target, n = source.parent / f"{step}{CORRUPT_SUFFIX}{n}", n + 1
+        if jax.process_index() == 0:
+            source.rename(target)
+        names.append(target.name)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("isnn_jax: corrupt checkpoints set aside")
+    return names
+
+
+def restore_latest_state(mngr: ocp.CheckpointManager, target: TrainState) -> TrainState | None:
+    """The newest usable state laid out like `target`, or None when there is no checkpoint.
+
+    Unusable newer checkpoints are reported and set aside; if none is usable this raises
+    CheckpointError rather than silently starting from scratch.
+    """
+    directory = str(mngr.directory)
+    failures: list[tuple[int, str]] = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            state = _restore_state_at(mngr, target, step)
+        except Exception as err:  # Orbax and TensorStore raise many types for damaged files
+            failures.append((step, _short(err)))
+            log.warning("checkpoint at step %d in %s is unusable (%s); trying the previous one",
+                        step, directory, _short(err))
+            continue
+        if failures:
+            names = _set_aside(directory, [s for s, _ in failures])
+            mngr.reload()
+            log.warning("resuming from step %d; the unusable checkpoints were kept as %s in %s",
+                        step, ", ".join(names), directory)
+        return state
+    if failures:
+        listed = "; ".join(f"step {s}: {reason}" for s, reason in failures)
+        raise CheckpointError(
+            f"no usable checkpoint in {directory} ({listed}). Restore the directory from a backup, "
+            "or move it aside to train from scratch")
+    return None
 
 
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-    """The parameters alone (newest step by default) and the step they come from."""
+    """The verified parameters (newest usable step by default) and the step they come from."""
     mngr = manager(directory, read_only=True)
     try:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
+        steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(
                 f"no checkpoint in {directory}; train a model into this workdir "
                 "first (python -m isnn_jax.train --workdir ...)"
@@ -71,8 +163,21 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                               abstract_params)
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target)))
-        return restored["params"], step
+        failures = []
+        for candidate in steps:
+            try:
+                restored = mngr.restore(candidate, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(target), step=ocp.args.JsonRestore()))
+                _verify("params", restored["params"], restored["step"])
+            except Exception as err:  # Orbax and TensorStore raise many types for damaged files
+                failures.append(f"step {candidate}: {_short(err)}")
+                log.warning("checkpoint at step %d in %s is unusable (%s)", candidate, directory,
+                            _short(err))
+                continue
+            if failures:
+                log.warning("using the checkpoint at step %d instead", candidate)
+            return restored["params"], candidate
+        raise CheckpointError(f"no usable checkpoint in {directory} ({'; '.join(failures)}); "
+                              "restore it from a backup or retrain")
     finally:
         mngr.close()

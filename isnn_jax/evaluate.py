@@ -192,6 +192,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line: evaluate a workdir's newest checkpoint and write JSON."""
     from isnn_jax import api  # imported here: api imports this module
+    from isnn_jax.checkpoints import CheckpointError
 
     parser = argparse.ArgumentParser(prog="python -m isnn_jax.evaluate", description=__doc__)
     parser.add_argument("--workdir", required=True, help="trained workdir (protected model)")
@@ -218,15 +219,21 @@ def main(argv: list[str] | None = None) -> int:
             report["baseline_accuracy"] = plain_accuracy(baseline.module, baseline.params,
                                                          images, labels, args.batch_size)
             report["legal_minus_baseline"] = report["legal_accuracy"] - report["baseline_accuracy"]
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report["workdir"] = str(args.workdir)
     report["checkpoint_step"] = model.step
     out = Path(args.out) if args.out else Path(args.workdir) / "evaluation.json"
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        print(f"error: cannot write {out} ({err.strerror or err}); choose a writable --out",
+              file=sys.stderr)
+        return 2
     print(format_report(report))
     print(f"wrote {out}")
     return 0

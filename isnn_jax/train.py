@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from jax.experimental import multihost_utils
 import numpy as np
@@ -31,6 +32,7 @@ from isnn_jax.metric_writers import MetricWriter
 from isnn_jax.models import build_model
 from isnn_jax.near_keys import training_near_licences
 from isnn_jax.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
+from isnn_jax.preemption import EXIT_PREEMPTED, PreemptionWatch, TrainingPreempted
 from isnn_jax.step import Protection, init_state, make_train_step
 
 log = logging.getLogger("isnn_jax")
@@ -38,6 +40,24 @@ log = logging.getLogger("isnn_jax")
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or Inf loss."""
+
+
+class WorkdirError(ValueError):
+    """The workdir cannot be created or written."""
+
+
+def check_workdir_writable(workdir: Path) -> None:
+    """Create `workdir` if needed and prove it writable, before any output is produced."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise WorkdirError(
+            f"workdir {workdir} is not usable ({err.__class__.__name__}: {err.strerror or err}); "
+            "choose another --workdir or fix its permissions"
+        ) from None
 
 
 def transform_spec(config: ml_collections.ConfigDict) -> TransformSpec:
@@ -173,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     mesh = make_mesh()
     check_batch_size(batch_size, mesh)  # bad sizes fail before anything is written
     stream_count(int(config.data.streams), batch_size, jax.process_count())
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_workdir_writable(workdir)
     _check_workdir_licence(workdir, licence)
 
     data_kwargs = {"data_dir": config.data.data_dir or None,
@@ -205,8 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape), out_shardings=repl)(init_rng)
     mngr = checkpoints.manager(checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir),
                                int(config.train.keep_checkpoints))
-    if mngr.latest_step() is not None:
-        state = checkpoints.restore_state(mngr, state)
+    try:
+        restored = checkpoints.restore_latest_state(mngr, state)
+    except checkpoints.CheckpointError:
+        mngr.close()
+        raise
+    if restored is not None:
+        state = restored
         if is_main:
             log.info("resumed from checkpoint at step %d", int(host_copy(state.step)))
     if is_main:
@@ -233,29 +258,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     stop_at = int(config.train.stop_after_steps) or total_steps
     pending: tuple[int, dict] | None = None
     last_time, last_step = time.perf_counter(), step
+    watch = PreemptionWatch()
     try:
-        while step < min(total_steps, stop_at):
-            state, metrics = runner.step(state, streams.batch(step), step_root, keys)
-            step += 1
-            if pending is not None:  # check the previous step while this one runs
+        with watch:
+            while step < min(total_steps, stop_at) and not watch.requested(step):
+                state, metrics = runner.step(state, streams.batch(step), step_root, keys)
+                step += 1
+                if pending is not None:  # check the previous step while this one runs
+                    _check_finite(*pending)
+                pending = (step, metrics)
+                if step % log_every == 0 or step == total_steps:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    _check_finite(step, metrics)
+                    now = time.perf_counter()
+                    rate = (step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    writer.write_scalars(step, values)
+                    if is_main:
+                        log.info(_format_progress(step, total_steps, values, rate, per_epoch))
+                if step % ckpt_every == 0 and step < total_steps:
+                    _check_finite(*pending)  # never checkpoint a non-finite state
+                    _save_finite(mngr, runner.canonical(state), step)
+            if pending is not None:
                 _check_finite(*pending)
-            pending = (step, metrics)
-            if step % log_every == 0 or step == total_steps:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(step, metrics)
-                now = time.perf_counter()
-                rate = (step - last_step) / max(now - last_time, 1e-9)
-                last_time, last_step = now, step
-                writer.write_scalars(step, values)
-                if is_main:
-                    log.info(_format_progress(step, total_steps, values, rate, per_epoch))
-            if step % ckpt_every == 0 and step < total_steps:
-                checkpoints.save(mngr, runner.canonical(state))
-        if pending is not None:
-            _check_finite(*pending)
-        if mngr.latest_step() != step:
-            checkpoints.save(mngr, runner.canonical(state), force=True)
-        mngr.wait_until_finished()
+            if mngr.latest_step() != step:
+                _save_finite(mngr, runner.canonical(state), step, force=True)
+            mngr.wait_until_finished()
+        if watch.signal_name is not None:
+            raise TrainingPreempted(step, watch.signal_name)
         if step < total_steps:
             if is_main:
                 log.info("stopped at step %d of %d as asked; rerun to resume", step, total_steps)
@@ -286,13 +316,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     return report
 
 
+_NON_FINITE_HINT = ("the last good checkpoint is kept. Likely causes: a learning rate too high "
+                    "(lower --config.train.learning_rate) or images outside [0, 1]")
+
+
 def _check_finite(step: int, metrics: dict) -> None:
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"loss became {loss} at step {step}; the last good checkpoint is kept. Likely causes: "
-            "a learning rate too high (lower --config.train.learning_rate) or images outside [0, 1]"
-        )
+        raise NonFiniteLossError(f"loss became {loss} at step {step}; {_NON_FINITE_HINT}")
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]).all()
+
+
+def _save_finite(mngr: Any, state: Any, step: int, *, force: bool = False) -> None:
+    """Checkpoint `state` unless its parameters hold NaN or Inf (then stop with a clear error)."""
+    if not bool(np.asarray(_all_finite(state.params).addressable_data(0))):
+        raise NonFiniteLossError(f"parameters became NaN or Inf at step {step}; {_NON_FINITE_HINT}")
+    checkpoints.save(mngr, state, force=force)
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
@@ -345,7 +388,10 @@ def main(argv: list[str]) -> None:
         log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
         licence = _resolve_licence(flags_, config, workdir)
         report = train_and_evaluate(config, workdir, licence)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except TrainingPreempted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except (ValueError, FileNotFoundError, NonFiniteLossError, checkpoints.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:

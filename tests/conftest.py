@@ -16,3 +16,19 @@ SECRET = bytes(range(32))
 def licence() -> Licence:
     """A fixed licence (known secret) so results are reproducible across runs."""
     return Licence(SECRET, "(c) Seller Ltd; licensed to Buyer GmbH; licence 7", TransformSpec())
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """One TFDS data dir for every test that prepares the embedded digits."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, data_dir):
+    """A 2-epoch sharded run without interruption: the reference for resume, pmap and preemption."""
+    from isnn_jax.train import train_and_evaluate
+    from tiny_config import RESUME_LICENCE, short_config
+
+    workdir = tmp_path_factory.mktemp("full") / "w"
+    return workdir, train_and_evaluate(short_config(data_dir), workdir, RESUME_LICENCE)

@@ -1,11 +1,13 @@
 """Two JAX processes on 127.0.0.1 (4 fake CPU devices each) run the real trainer together.
 
 The pair must match a one-process 8-device run with the same two input streams, write one
-metadata file, and resume with both processes from a checkpoint after being killed.
+metadata file, stop together on SIGTERM to one of them, and resume with both processes from a
+checkpoint after being preempted or killed.
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import pytest
 
 from isnn_jax import api
 from isnn_jax.licence import Licence, TransformSpec
+from isnn_jax.preemption import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for one run of the pair; processes are killed after that
@@ -114,20 +117,44 @@ def test_two_processes_match_one_process_with_eight_devices(setup, single):
     assert pair["wrong_key"]["mean"] == pytest.approx(alone["wrong_key"]["mean"], abs=0.01)
 
 
-def test_killed_pair_resumes_from_its_checkpoint(setup, single):
+def wait_for_checkpoint_after(workdir, step, procs):
+    """Block until a checkpoint newer than `step` exists (or every process has exited)."""
+    deadline = time.monotonic() + TIMEOUT
+    directory = workdir / "checkpoints"
+    while not (directory.is_dir() and any(p.name.isdigit() and int(p.name) > step
+                                          for p in directory.iterdir())):
+        assert time.monotonic() < deadline, f"no checkpoint after step {step} in time"
+        if all(p.poll() is not None for p in procs):
+            return
+        time.sleep(0.2)
+
+
+def test_preempted_then_killed_pair_resumes_with_both_processes(setup, single):
     root, licence_path, data_dir = setup
     workdir = root / "killed"
+    # 1. SIGTERM to one process: JAX's preemption service stops both at the same step, both save.
     procs = launch(workdir, licence_path, data_dir, processes=2, devices=4)
-    deadline = time.monotonic() + TIMEOUT
     try:
-        while not (workdir / "checkpoints" / "10").is_dir():
-            assert time.monotonic() < deadline, "no checkpoint at step 10 in time"
-            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
-            time.sleep(0.2)
+        wait_for_checkpoint_after(workdir, 0, procs)
+        procs[1].send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=TIMEOUT)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [EXIT_PREEMPTED] * 2, outputs
+    steps = {int(re.search(r"preempted by SIGTERM at step (\d+)", out).group(1)) for out in outputs}
+    assert len(steps) == 1, outputs
+    stopped = steps.pop()
+    assert (workdir / "checkpoints" / str(stopped)).is_dir()
+    # 2. A crash (SIGKILL of both) after a later checkpoint.
+    procs = launch(workdir, licence_path, data_dir, processes=2, devices=4)
+    try:
+        wait_for_checkpoint_after(workdir, stopped, procs)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+    # 3. The rerun resumes and ends where the uninterrupted one-process run ends.
     outputs = wait_all(launch(workdir, licence_path, data_dir, processes=2, devices=4))
     assert "resumed from checkpoint at step" in outputs[0]
     assert_same_params(single, workdir)

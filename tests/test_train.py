@@ -10,39 +10,15 @@ import numpy as np
 import pytest
 
 from isnn_jax import api
-from isnn_jax.config import ConfigError, default_config
+from isnn_jax.config import ConfigError
 from isnn_jax.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.train import train_and_evaluate
+from tiny_config import EPSILON, RESUME_LICENCE, short_config, tiny_config
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-EPSILON = 0.1  # 8x8 digits need a stronger pattern than 28x28 images to separate in 220 steps
 SPEC = TransformSpec(epsilon=EPSILON)
 
 
-def tiny_config(data_dir: str, **train):
-    """A small model that separates legal from illegal digits within ~40 s on 2 cores."""
-    config = default_config()
-    config.data.data_dir = data_dir
-    config.model.features = (16, 32)
-    config.model.hidden = 64
-    config.model.detector_features = 32
-    config.licence.epsilon = EPSILON
-    config.train.batch_size = 64
-    config.train.epochs = 10
-    config.train.learning_rate = 3e-3
-    config.train.warmup_steps = 5
-    config.train.log_every_steps = 10
-    config.train.checkpoint_every_steps = 30
-    config.eval.random_licences = 20
-    config.eval.near_per_class = 2
-    for name, value in train.items():
-        config.train[name] = value
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -108,22 +84,6 @@ def test_api_rejects_wrong_image_shape_dtype_and_range(trained):
         model.logits(np.full((2, 8, 8, 1), 255.0, np.float32))
     with pytest.raises(ValueError, match="NaN"):
         model.logits(np.full((2, 8, 8, 1), np.nan, np.float32))
-
-
-RESUME_LICENCE = Licence(bytes(range(32)), "(c) Seller; Buyer; resume", SPEC)
-
-
-def short_config(data_dir, **train):
-    config = tiny_config(data_dir, epochs=2, checkpoint_every_steps=15, **train)
-    config.eval.random_licences = 0
-    return config
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-    """A 2-epoch sharded run without interruption: the reference for resume and pmap."""
-    workdir = tmp_path_factory.mktemp("full") / "w"
-    return workdir, train_and_evaluate(short_config(data_dir), workdir, RESUME_LICENCE)
 
 
 def final_loss(workdir, step):

@@ -1,0 +1,181 @@
+"""Preemption, crashes mid-save, damaged checkpoints, non-finite training, unusable workdirs."""
+
+import json
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from isnn_jax import api
+from isnn_jax.checkpoints import CheckpointError
+from isnn_jax.preemption import EXIT_PREEMPTED
+from isnn_jax.train import NonFiniteLossError, WorkdirError, train_and_evaluate
+from tiny_config import RESUME_LICENCE, short_config
+
+TESTS = Path(__file__).resolve().parent
+TOTAL_STEPS = 2 * (1437 // 64)  # short_config: two epochs of the digits training split
+
+
+def cli_args(workdir: Path, licence_file: Path, data_dir: str, *extra: str) -> list[str]:
+    """The train CLI with the same settings as `short_config(data_dir)`."""
+    return [sys.executable, "-m", "isnn_jax.train", f"--config={TESTS / 'tiny_config.py'}",
+            f"--workdir={workdir}", f"--licence={licence_file}",
+            f"--config.data.data_dir={data_dir}", "--config.train.epochs=2",
+            "--config.train.checkpoint_every_steps=15", "--config.eval.random_licences=0", *extra]
+
+
+def wait_for_step(workdir: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until the run has logged `step` to metrics.jsonl."""
+    deadline = time.monotonic() + timeout
+    metrics = workdir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if metrics.exists() and any(json.loads(line)["step"] >= step
+                                    for line in metrics.read_text().splitlines() if line):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early: {process.communicate()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("training did not reach step %d in time" % step)
+
+
+def assert_same_as_uninterrupted(workdir: Path, uninterrupted) -> None:
+    full_dir, full = uninterrupted
+    jax.tree.map(np.testing.assert_array_equal, api.load_protected(full_dir).params,
+                 api.load_protected(workdir).params)
+    report = json.loads((workdir / "final_evaluation.json").read_text())
+    assert report["legal_accuracy"] == full["legal_accuracy"]
+    assert report["clean_accuracy"] == full["clean_accuracy"]
+
+
+@pytest.fixture
+def licence_file(tmp_path):
+    return RESUME_LICENCE.save(tmp_path / "buyer.licence.json")
+
+
+def test_sigterm_saves_exits_75_and_the_rerun_matches_bit_for_bit(tmp_path, data_dir,
+                                                                   uninterrupted, licence_file):
+    workdir = tmp_path / "w"
+    args = cli_args(workdir, licence_file, data_dir)
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_step(workdir, 10, first)
+        time.sleep(random.uniform(0.0, 1.5))  # a random step between 10 and the end
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == EXIT_PREEMPTED, stderr
+    stopped = int(re.search(r"preempted by SIGTERM at step (\d+)", stderr).group(1))
+    assert 10 <= stopped <= TOTAL_STEPS
+    assert (workdir / "checkpoints" / str(stopped)).is_dir()  # saved at the exact step
+    second = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert f"resumed from checkpoint at step {stopped}" in second.stderr
+    assert_same_as_uninterrupted(workdir, uninterrupted)
+
+
+def test_sigkill_during_saves_leaves_a_usable_checkpoint(tmp_path, data_dir, uninterrupted,
+                                                         licence_file):
+    workdir = tmp_path / "w"
+    args = cli_args(workdir, licence_file, data_dir, "--config.train.checkpoint_every_steps=1")
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(workdir, 10, first)
+        time.sleep(random.uniform(0.0, 1.0))  # saves run every step: likely in the middle of one
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    second = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert re.search(r"resumed from checkpoint at step \d+", second.stderr)
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+    assert_same_as_uninterrupted(workdir, uninterrupted)
+
+
+def damage(step_dir: Path, how: str) -> None:
+    """Truncate every data file of a checkpoint's parameters, or flip 16 bytes inside the largest.
+
+    A flip inside the array bytes leaves a file that Orbax reads without complaint."""
+    files = [p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    if how == "garble":
+        files = [max(files, key=lambda p: p.stat().st_size)]
+    for path in files:
+        data = bytearray(path.read_bytes())
+        if how == "truncate":
+            data = data[: len(data) // 2]
+        else:
+            middle = len(data) // 2
+            data[middle:middle + 16] = bytes(b ^ 0x5A for b in data[middle:middle + 16])
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_damaged_newest_checkpoint_is_reported_set_aside_and_the_previous_used(
+        tmp_path, data_dir, uninterrupted, caplog, how):
+    workdir = tmp_path / "w"
+    stopped = train_and_evaluate(short_config(data_dir, stop_after_steps=30), workdir,
+                                 RESUME_LICENCE)
+    assert stopped["step"] == 30
+    damage(workdir / "checkpoints" / "30", how)
+    with caplog.at_level(logging.WARNING, logger="isnn_jax"):
+        train_and_evaluate(short_config(data_dir), workdir, RESUME_LICENCE)
+    warning = caplog.text
+    assert "checkpoint at step 30" in warning and "is unusable" in warning
+    if how == "garble":  # Orbax restores garbled bytes silently: only the digest catches them
+        assert "do not match their recorded digest" in warning
+    assert "resuming from step 15" in warning
+    assert (workdir / "checkpoints" / "30.corrupt").is_dir()
+    assert_same_as_uninterrupted(workdir, uninterrupted)
+
+
+def test_inference_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, data_dir, caplog):
+    workdir = tmp_path / "w"
+    train_and_evaluate(short_config(data_dir, stop_after_steps=30), workdir, RESUME_LICENCE)
+    damage(workdir / "checkpoints" / "30", "garble")
+    with caplog.at_level(logging.WARNING, logger="isnn_jax"):
+        model = api.load_protected(workdir)
+    assert model.step == 15
+    assert "using the checkpoint at step 15 instead" in caplog.text
+    with pytest.raises(CheckpointError, match="step 30: CheckpointError: the params do not match"):
+        api.load_protected(workdir, step=30)
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, data_dir):
+    workdir = tmp_path / "w"
+    train_and_evaluate(short_config(data_dir, stop_after_steps=15), workdir, RESUME_LICENCE)
+    damage(workdir / "checkpoints" / "15", "garble")
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint in .*step 15: .*digest.*"
+                                              r"Restore the directory from a backup"):
+        train_and_evaluate(short_config(data_dir), workdir, RESUME_LICENCE)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["15"]  # untouched
+
+
+def test_non_finite_loss_names_the_step_and_keeps_a_finite_checkpoint(tmp_path, data_dir):
+    workdir = tmp_path / "w"
+    config = short_config(data_dir, checkpoint_every_steps=1, learning_rate=1e30)
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+).*learning rate.*\[0, 1\]") as err:
+        train_and_evaluate(config, workdir, RESUME_LICENCE)
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    model = api.load_protected(workdir)
+    assert model.step < bad_step
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(model.params))
+
+
+def test_unusable_workdir_is_named_before_anything_is_written(tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(WorkdirError, match=r"workdir .*file/w is not usable .*choose another "
+                                           r"--workdir"):
+        train_and_evaluate(short_config(data_dir), blocker / "w", RESUME_LICENCE)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
