@@ -14,6 +14,7 @@ import json
 import os
 import secrets as _secrets
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -156,19 +157,38 @@ class Licence:
         return json.dumps(record, indent=2, ensure_ascii=False) + "\n"
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the licence as JSON with mode 0600; refuse to overwrite unless asked."""
+        """Write the licence as JSON with mode 0600, atomically; refuse to overwrite unless asked.
+
+        The text goes to a 0600 temporary file in the same directory, which is then linked (or,
+        with `overwrite`, renamed) into place, so a failure never leaves a half-written licence.
+        """
         path = Path(path)
         if path.parent and not path.parent.exists():
             raise LicenceError(f"directory {path.parent} does not exist; create it first")
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        refusal = LicenceError(
+            f"{path} already exists; refusing to overwrite a licence (choose another path)")
+        if not overwrite and path.exists():
+            raise refusal
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise LicenceError(
-                f"{path} already exists; refusing to overwrite a licence (choose another path)"
-            ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json())
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp creates it 0600
+                handle.write(self.to_json())
+                handle.flush()
+                os.fsync(handle.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic, and fails if the path exists
+                except FileExistsError:
+                    raise refusal from None
+                except OSError:  # a file system without hard links
+                    if path.exists():
+                        raise refusal from None
+                    os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         os.chmod(path, 0o600)
         return path
 
@@ -181,7 +201,7 @@ class Licence:
             raise LicenceError(f"{source} is not valid JSON ({err.msg}); is it a licence file?") from None
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise LicenceError(f"{source} is not an {FORMAT} licence file (missing or wrong 'format')")
-        for field in ("copyright", "transform", "secret"):
+        for field in ("copyright", "transform", "secret", "fingerprint"):
             if field not in record:
                 raise LicenceError(f"{source} lacks the field {field!r}")
         try:
@@ -192,10 +212,11 @@ class Licence:
             raise LicenceError(f"{source}: 'transform' must be an object")
         try:
             licence = cls(secret, record["copyright"], TransformSpec.from_dict(record["transform"]))
-        except TypeError as err:
+        except LicenceError as err:
+            raise LicenceError(f"{source}: {err}") from None
+        except (TypeError, ValueError, OverflowError) as err:
             raise LicenceError(f"{source}: malformed field ({err})") from None
-        stored = record.get("fingerprint")
-        if stored is not None and stored != licence.fingerprint():
+        if record["fingerprint"] != licence.fingerprint():
             raise LicenceError(
                 f"{source} fails its integrity check (fingerprint mismatch): the file was altered; "
                 "ask the seller for an intact copy"
@@ -239,38 +260,15 @@ def stack_keys(licences: list[Licence]) -> jax.Array:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m isnn_jax.licence issue|show`: issue a licence file, or show its public fields."""
-    import argparse
-    import sys
+    """`python -m isnn_jax.licence`: issue, show, list, revoke, import licences (isnn_jax.licence_cli)."""
+    from isnn_jax.licence_cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m isnn_jax.licence", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    issue = sub.add_parser("issue", help="issue a new licence into a new file (mode 0600)")
-    issue.add_argument("--copyright", required=True, help="text naming seller, buyer and licence")
-    issue.add_argument("--out", required=True, help="new file; an existing file is never overwritten")
-    defaults = TransformSpec()
-    issue.add_argument("--kind", default=defaults.kind)
-    issue.add_argument("--epsilon", type=float, default=defaults.epsilon)
-    issue.add_argument("--block_size", type=int, default=defaults.block_size)
-    issue.add_argument("--distribution", default=defaults.distribution)
-    show = sub.add_parser("show", help="print a licence's copyright, transform and fingerprint")
-    show.add_argument("file")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "issue":
-            spec = TransformSpec(kind=args.kind, epsilon=args.epsilon, block_size=args.block_size,
-                                 distribution=args.distribution)
-            licence = Licence.issue(args.copyright, spec)
-            licence.save(args.out)
-        else:
-            licence = Licence.load(args.file)
-    except (LicenceError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"copyright": licence.copyright, "transform": licence.transform.to_dict(),
-                      "fingerprint": licence.fingerprint()}, indent=2))
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the CLI from the imported module, not from this __main__ copy, so that every error
+    # class is the one isnn_jax.licence defines.
+    from isnn_jax.licence_cli import main as _cli_main
+
+    raise SystemExit(_cli_main())
