@@ -31,10 +31,16 @@ __all__ = ["Licence", "LicenceError", "TransformSpec", "ProtectedModel", "load_p
 
 def check_image_batch(images: Any, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Validate a batch of images (float NHWC in [0, 1], finite) and return it as float32."""
-    array = np.asarray(images)
+    try:
+        array = np.asarray(images)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"images are not a numeric array ({err}); pass a float32 NHWC array") from None
     if array.ndim == 3 and image_shape is not None and tuple(array.shape) == tuple(image_shape):
         raise ValueError(f"got one image of shape {array.shape}; pass a batch: images[None]")
-    check_images(jnp.asarray(array) if array.dtype != object else array, None)
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        raise ValueError(f"images must be floating point in [0, 1], got dtype {array.dtype}; "
+                         "pass a float32 NHWC array")
+    check_images(jax.ShapeDtypeStruct(array.shape, array.dtype), None)
     if image_shape is not None and tuple(array.shape[1:]) != tuple(image_shape):
         raise ValueError(
             f"images have shape {tuple(array.shape[1:])} (HWC) but the model expects "

@@ -179,3 +179,52 @@ def test_unusable_workdir_is_named_before_anything_is_written(tmp_path, data_dir
                                            r"--workdir"):
         train_and_evaluate(short_config(data_dir), blocker / "w", RESUME_LICENCE)
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def secret_encodings(licence) -> dict[str, bytes]:
+    """Every form the secret (or the key derived from it) could take in a file or a log."""
+    import base64
+
+    forms = {}
+    for name, raw in (("secret", licence.secret), ("key", licence.key_bytes()),
+                      ("threefry key", licence.key_bytes()[:8])):
+        forms.update({
+            f"{name} raw": raw, f"{name} hex": raw.hex().encode(),
+            f"{name} HEX": raw.hex().upper().encode(), f"{name} base64": base64.b64encode(raw),
+            f"{name} base64url": base64.urlsafe_b64encode(raw).rstrip(b"="),
+            f"{name} repr": repr(raw).encode(),
+        })
+    return forms
+
+
+def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
+    licence_path = tmp_path / "secret" / "buyer.licence.json"
+    licence_path.parent.mkdir()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    train = subprocess.run(
+        [sys.executable, "-m", "isnn_jax.train", f"--config={TESTS / 'tiny_config.py'}",
+         f"--workdir={tmp_path / 'w'}", f"--issue_licence={licence_path}",
+         f"--config.data.data_dir={data_dir}", "--config.train.epochs=1",
+         "--config.eval.random_licences=8"], capture_output=True, timeout=300, env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "isnn_jax.evaluate", f"--workdir={tmp_path / 'w'}",
+         f"--licence={licence_path}", "--random_licences=8", "--near_per_class=1",
+         f"--out={tmp_path / 'report.json'}"], capture_output=True, timeout=300, env=env)
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    show = subprocess.run([sys.executable, "-m", "isnn_jax.licence", "show", str(licence_path)],
+                          capture_output=True, timeout=60, env=env)
+    assert show.returncode == 0 and b"fingerprint" in show.stdout
+    from isnn_jax.licence import Licence
+
+    licence = Licence.load(licence_path)
+    assert oct(licence_path.stat().st_mode & 0o777) == "0o600"
+    outputs = {f"{run} {stream}": getattr(result, stream)
+               for run, result in (("train", train), ("evaluate", evaluate), ("show", show))
+               for stream in ("stdout", "stderr")}
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p != licence_path]
+    assert any("tfevents" in p.name for p in files) and (tmp_path / "report.json") in files
+    outputs.update({str(p): p.read_bytes() for p in files})
+    leaks = [(where, form) for where, content in outputs.items()
+             for form, needle in secret_encodings(licence).items() if needle in content]
+    assert not leaks
