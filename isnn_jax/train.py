@@ -2,6 +2,9 @@
 
 python -m isnn_jax.train --workdir DIR [--config configs/fashion_mnist.py] \
     (--licence FILE | --issue_licence NEW_FILE) [--config.train.epochs=3 ...]
+
+Exit codes: 0 done, 2 bad input (one `error:` line with the fix), 75 preempted by SIGTERM/SIGINT
+after saving a checkpoint at the current step (rerun the same command to resume).
 """
 
 from __future__ import annotations
