@@ -2,8 +2,8 @@
 
 Inputs are PNG/JPEG (any format Pillow reads) files, directories of them, or .npy arrays.
 Image files are converted to float in [0, 1] (8-bit / 255, 16-bit / 65535), turned upright by
-their EXIF orientation, and resized to the model's height x width (bilinear; the aspect ratio
-is not kept). Arrays are taken as they are: their size and channels must already match.
+their EXIF orientation, and resized to the model's height x width (area averaging when shrinking, bilinear
+when enlarging; the aspect ratio is not kept). Arrays are taken as they are: their size and channels must already match.
 
 Channels are never invented or thrown away silently: an RGB image for a one-channel model
 is refused unless its three channels are equal (a grey image stored as RGB) or `convert=True`
@@ -95,8 +95,10 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
     if array.shape[:2] == (height, width):
         return array
+    shrink = array.shape[0] >= height and array.shape[1] >= width
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
     planes = [np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c]), mode="F")
-                         .resize((width, height), Image.Resampling.BILINEAR))
+                         .resize((width, height), method))
               for c in range(array.shape[-1])]
     return np.clip(np.stack(planes, axis=-1), 0.0, 1.0).astype(np.float32)
 

@@ -78,8 +78,8 @@ def trace_licences(classify: Classifier, candidates: list[tuple[Entry, Licence]]
                            "closest_alternative": weakest, **{k: paired[weakest][k]
                                                               for k in ("wins", "losses")}},
             "ownership": {**ownership, "null_accuracy": null["null_accuracy"],
-                          "verified": ownership["log10_p_value"] < np.log10(alpha)},
-            "traced": log10_p < np.log10(alpha)})
+                          "verified": bool(ownership["log10_p_value"] < np.log10(alpha))},
+            "traced": bool(log10_p < np.log10(alpha))})
     evidence.sort(key=lambda row: (row["comparison"]["log10_p_value"], -row["accuracy"]))
     report: dict[str, Any] = {"evidence": evidence, "alpha": alpha, "images": count,
                               "accuracy_without_licence": float(clean.mean()),

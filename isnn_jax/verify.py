@@ -83,7 +83,7 @@ def licence_evidence(classify: Classifier, licence: Licence, images: np.ndarray,
     result = binomial_test(correct, count, null["null_accuracy"])
     return {"licence": licence.fingerprint(), "copyright": licence.copyright,
             "correct": correct, "images": count, "accuracy_with_licence": correct / count,
-            **result, "alpha": alpha, "verified": result["log10_p_value"] < np.log10(alpha)}
+            **result, "alpha": alpha, "verified": bool(result["log10_p_value"] < np.log10(alpha))}
 
 
 def ownership_test(classify: Classifier, licence: Licence, images: np.ndarray,
