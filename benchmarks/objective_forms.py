@@ -87,7 +87,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/objective_forms.py " + " ".join(sys.argv[1:])
-    out.write_text(json.dumps({"command": command.strip(), "config": args.config,
+    config_path = Path(args.config).resolve()
+    config_name = str(config_path.relative_to(ROOT)) if config_path.is_relative_to(ROOT) else args.config
+    out.write_text(json.dumps({"command": command.strip(), "config": config_name,
                                "epochs": args.epochs, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
