@@ -90,3 +90,70 @@ def test_image_batches_are_valid_float32_or_a_value_error(array):
         return
     assert checked.dtype == np.float32 and checked.shape[1:] == (8, 8, 1)
     assert np.isfinite(checked).all() and checked.min(initial=0) >= 0 and checked.max(initial=0) <= 1
+
+
+def _png_bytes(shape, seed=0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if shape[-1] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png_bytes((12, 10, 3))
+
+
+def read_file_or_documented_error(path, reader, shape):
+    from isnn_jax.images import ImageError
+
+    try:
+        array = reader(path, shape)
+    except ImageError as err:
+        assert str(path) in str(err), err  # every problem names the file
+        return None
+    assert array.dtype == np.float32 and np.isfinite(array).all()
+    assert array.min(initial=0) >= 0 and array.max(initial=0) <= 1
+    return array
+
+
+@FUZZ
+@given(st.binary(max_size=600) | st.builds(lambda cut: PNG[:cut], st.integers(0, len(PNG))))
+def test_arbitrary_or_truncated_image_file_bytes(tmp_path, data):
+    from isnn_jax.images import read_image
+
+    path = tmp_path / "fuzzed.png"
+    path.write_bytes(data)
+    array = read_file_or_documented_error(path, read_image, (8, 8, 1))
+    assert array is None or array.shape == (8, 8, 1)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(PNG) - 1), st.integers(1, 255)), min_size=1,
+                max_size=8))
+def test_png_with_flipped_bytes(tmp_path, flips):
+    from isnn_jax.images import read_image
+
+    data = bytearray(PNG)
+    for position, mask in flips:
+        data[position] ^= mask
+    path = tmp_path / "flipped.png"
+    path.write_bytes(bytes(data))
+    array = read_file_or_documented_error(path, read_image, (8, 8, 3))
+    assert array is None or array.shape == (8, 8, 3)
+
+
+@FUZZ
+@given(image_arrays | st.binary(max_size=300))
+def test_arbitrary_npy_files(tmp_path, value):
+    from isnn_jax.images import read_array
+
+    path = tmp_path / "fuzzed.npy"
+    if isinstance(value, bytes):
+        path.write_bytes(value)
+    else:
+        np.save(path, value)
+    array = read_file_or_documented_error(path, read_array, (8, 8, 1))
+    assert array is None or array.shape[1:] == (8, 8, 1)
