@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--fine_tune_images", type=int, default=5000,
                         help="clean training images the fine-tuning draws from")
+    parser.add_argument("--licence", help="fine-tune on legal images of this licence (a buyer "
+                                          "adapting the model) instead of clean ones (a thief)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     import logging
@@ -96,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.fine_tune_steps:
             images, labels = load_split(model.meta["dataset"], "train")
             images, labels = to_float(images[:args.fine_tune_images]), labels[:args.fine_tune_images]
+            licence = Licence.load(args.licence) if args.licence else None
             params = fine_tune(model.module, params, images, labels.astype(np.int32),
                                steps=args.fine_tune_steps, learning_rate=args.learning_rate,
-                               seed=args.seed)
+                               seed=args.seed, licence=licence)
         params = prune(params, args.prune)
         meta = {name: model.meta.get(name) for name in KEPT_FIELDS}
         write_atomic(args.out, export_bytes(model.module, params, model.image_shape, meta))
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"leaked_copy": args.out, "pruned_fraction": args.prune,
-                      "fine_tune_steps": args.fine_tune_steps}, indent=2))
+                      "fine_tune_steps": args.fine_tune_steps,
+                      "fine_tuned_on": "legal images" if args.licence else "clean images"},
+                     indent=2))
     return 0
 
 
