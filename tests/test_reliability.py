@@ -212,18 +212,29 @@ def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
          f"--licence={licence_path}", "--random_licences=8", "--near_per_class=1",
          f"--out={tmp_path / 'report.json'}"], capture_output=True, timeout=300, env=env)
     assert evaluate.returncode == 0, evaluate.stderr[-2000:]
-    show = subprocess.run([sys.executable, "-m", "isnn_jax.licence", "show", str(licence_path)],
-                          capture_output=True, timeout=60, env=env)
-    assert show.returncode == 0 and b"fingerprint" in show.stdout
+    np.save(tmp_path / "inputs.npy", np.random.default_rng(0).random((4, 8, 8, 1), np.float32))
+    later = {name: subprocess.run([sys.executable, "-m", *args], capture_output=True, timeout=120,
+                                  env=env)
+             for name, args in {
+                 "show": ["isnn_jax.licence", "show", str(licence_path)],
+                 "export": ["isnn_jax.export", f"--workdir={tmp_path / 'w'}",
+                            f"--out={tmp_path / 'model.isnn'}"],
+                 "predict": ["isnn_jax.predict", f"--workdir={tmp_path / 'w'}",
+                             f"--licence={licence_path}", "--json", str(tmp_path / "inputs.npy")],
+             }.items()}
+    for name, result in later.items():
+        assert result.returncode == 0, (name, result.stderr[-2000:])
     from isnn_jax.licence import Licence
 
     licence = Licence.load(licence_path)
     assert oct(licence_path.stat().st_mode & 0o777) == "0o600"
     outputs = {f"{run} {stream}": getattr(result, stream)
-               for run, result in (("train", train), ("evaluate", evaluate), ("show", show))
+               for run, result in {"train": train, "evaluate": evaluate, **later}.items()
                for stream in ("stdout", "stderr")}
+    assert b"fingerprint" in later["show"].stdout
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p != licence_path]
-    assert any("tfevents" in p.name for p in files) and (tmp_path / "report.json") in files
+    assert any("tfevents" in p.name for p in files)
+    assert {tmp_path / "report.json", tmp_path / "model.isnn"} <= set(files)
     outputs.update({str(p): p.read_bytes() for p in files})
     leaks = [(where, form) for where, content in outputs.items()
              for form, needle in secret_encodings(licence).items() if needle in content]
