@@ -1,0 +1,117 @@
+"""The Markdown form of a security report: headline table first, then one section per attack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _headline(report: dict[str, Any]) -> list[str]:
+    rows = [[row["quantity"], _pct(row["accuracy"]),
+             "" if row["recovered"] is None else f"{row['recovered']:.2f}", row["verdict"],
+             row["note"]] for row in report["summary"]]
+    return _table(["quantity", "accuracy", "recovered", "verdict", "note"], rows)
+
+
+def _section(name: str, result: dict[str, Any]) -> list[str]:
+    lines = [f"## {name.replace('_', ' ')}", ""]
+    if "error" in result:
+        return lines + [f"**Failed:** `{result['error']}`", ""]
+    if "skipped" in result:
+        return lines + [f"Skipped: {result['skipped']}.", ""]
+    if result.get("stopped_early"):
+        lines += ["**Stopped early at its time limit**; the rows below are what finished.", ""]
+    if name == "key_guessing":
+        screen, control = result["screen"], result["control"]
+        lines += [f"{result['guesses']:,} random licences screened on {result['screen_images']} "
+                  f"images: mean {screen['mean']:.2%}, 99th percentile {screen['q99']:.2%}, max "
+                  f"{screen['max']:.2%}. The best {len(result['confirmed_top'])} re-measured on "
+                  f"{result['eval_images']:,} images: "
+                  + ", ".join(_pct(a) for a in result["confirmed_top"]) + ".",
+                  "", f"Control (the true licence among the guesses): screen rank "
+                  f"{control['screen_rank']}, accuracy {control['accuracy']:.2%}, "
+                  f"{'found' if control['found'] else 'NOT found'}.", ""]
+    elif name == "near_keys":
+        rows = [[cls, str(v["count"]), _pct(v["screen_mean"]), _pct(v["screen_max"]),
+                 _pct(v.get("confirmed_max"))] for cls, v in result["classes"].items()]
+        lines += _table(["class", "count", f"mean ({result['screen_images']} images)", "max (screen)",
+                         f"max (re-measured, {result['eval_images']:,})"], rows)
+        if result["amplitude_scaled_true_key"]:
+            lines += ["True key, amplitude scaled:", ""]
+            lines += _table(["scale", "epsilon", "accuracy"],
+                            [[f"{r['scale']:g}", f"{r['epsilon']:.4f}", _pct(r["accuracy"])]
+                             for r in result["amplitude_scaled_true_key"]])
+        lines += ["True secret and text, other parameters in the licence (new key):", ""]
+        lines += _table(["epsilon", "distribution", "accuracy"],
+                        [[f"{r['epsilon']:.4f}", r["distribution"], _pct(r["accuracy"])]
+                         for r in result["changed_parameters"]])
+    elif name == "fine_tuning":
+        modes = ["scratch", *result["modes"]]
+        rows = [[f"{r['fraction']:.0%} ({r['train_images']:,})"]
+                + [_pct(r["clean_accuracy"].get(m)) for m in modes]
+                + [f"{r['advantage']['best'] * 100:+.2f}" if r["advantage"] else "—"]
+                for r in result["rows"]]
+        lines += [f"{result['steps']} Adam steps (lr {result['learning_rate']:g}, batch "
+                  f"{result['batch_size']}) per run; clean test accuracy:", ""]
+        lines += _table(["data", *modes, "thief's advantage (points)"], rows)
+    elif name == "pruning":
+        base = any("baseline_accuracy" in r for r in result["rows"])
+        rows = [[f"{r['sparsity']:.0%}", _pct(r["legal_accuracy"]), _pct(r["clean_accuracy"])]
+                + ([_pct(r.get("baseline_accuracy"))] if base else []) for r in result["rows"]]
+        lines += _table(["sparsity", "with licence", "without licence"]
+                        + (["baseline"] if base else []), rows)
+    elif name == "unlock_by_optimisation":
+        rows = [[f"{r['fraction']:.0%} ({r['train_images']:,})", r["bound"], f"{r['linf']:.3f}",
+                 _pct(r["train_accuracy"]), _pct(r["accuracy"]),
+                 _pct(r["sign_times_epsilon_accuracy"]),
+                 f"{r.get('cosine_with_true_pattern', float('nan')):.3f}"] for r in result["rows"]]
+        lines += _table(["data", "bound", "L-inf", "train acc", "test acc", "eps*sign test acc",
+                         "cosine with true pattern"], rows)
+    elif name == "estimation":
+        lines += [f"Estimator: {result['estimator']}.", ""]
+        lines += _table(["observed legal inputs", "accuracy", "sign agreement", "cosine"],
+                        [[f"{r['observed']:,}", _pct(r["accuracy"]), f"{r['sign_agreement']:.1%}",
+                          f"{r['cosine_with_true_pattern']:.3f}"] for r in result["rows"]])
+    elif name == "partial_knowledge":
+        lines += _table(["cosine", "accuracy (mean)", "min", "max"],
+                        [[f"{r['cosine']:g}", _pct(r["accuracy"]), _pct(r["accuracy_min"]),
+                          _pct(r["accuracy_max"])] for r in result["rows"]])
+    elif name == "distillation":
+        lines += _table(["teacher", "queries", "steps", "student accuracy (clean test)"],
+                        [[r["teacher"], f"{r['queries']:,}", str(r["steps"]),
+                          _pct(r["student_accuracy"])] for r in result["rows"]])
+    lines += [f"Time: {result['seconds']:.0f} s.", ""]
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole report as Markdown text."""
+    model, ref = report["model"], report["reference"]
+    lines = ["# Security evaluation", "",
+             f"Model `{model['workdir']}` (checkpoint step {model['checkpoint_step']}), licence "
+             f"fingerprint `{model['licence_fingerprint']}`, transform {model['transform']['kind']} "
+             f"epsilon {model['transform']['epsilon']:g} ({model['transform']['distribution']}).",
+             f"Accuracies on {ref['eval_images']:,} test images; chance {ref['chance']:.2%}.", ""]
+    if report.get("command"):
+        lines += ["```bash", report["command"], "```", ""]
+    lines += _headline(report)
+    lines += ["recovered = (attack - chance) / (legal - chance); verdict: breaks >= 0.9, "
+              "weakens >= 0.25, else holds (fine-tuning: holds when the advantage over scratch "
+              "is <= 1 point).", ""]
+    for name, result in report["attacks"].items():
+        lines += _section(name, result)
+    for figure in report.get("figures", []):
+        lines += [f"![{figure}]({figure})", ""]
+    if report.get("figures_skipped"):
+        lines += [f"Figures skipped: {report['figures_skipped']}.", ""]
+    lines += [f"Total time: {report['seconds_total']:.0f} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The headline table: one row per attack result, with the share of protection it removes.
+
+"recovered" is (attack accuracy - chance) / (legal accuracy - chance). Verdicts: `breaks` at
+>= 0.9 (the attacker has what the licence gives), `weakens` at >= 0.25, else `holds`. For
+fine-tuning the question is whether the stolen weights are worth more than the thief's data:
+an advantage over training from scratch of at most 1 point `holds`, above 1 point `weakens`,
+and `breaks` when that advantage comes with >= 0.9 recovered.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+BREAKS, WEAKENS = 0.9, 0.25
+ADVANTAGE_HOLDS = 0.01
+
+
+def verdict(recovered: float) -> str:
+    """`breaks`, `weakens` or `holds` for a recovered share of the legal margin."""
+    if math.isnan(recovered):
+        return "n/a"
+    return "breaks" if recovered >= BREAKS else "weakens" if recovered >= WEAKENS else "holds"
+
+
+def _row(quantity: str, value: float, reference: dict[str, Any], note: str = "",
+         judged: bool = True) -> dict[str, Any]:
+    legal, chance = reference["legal_accuracy"], reference["chance"]
+    share = (value - chance) / (legal - chance) if legal - chance > 1e-9 else float("nan")
+    return {"quantity": quantity, "accuracy": float(value),
+            "recovered": float(share) if judged else None,
+            "verdict": verdict(share) if judged else "", "note": note}
+
+
+def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the headline table from a report's reference numbers and attack results."""
+    ref = report["reference"]
+    rows = [_row("legal accuracy (true licence)", ref["legal_accuracy"], ref, judged=False),
+            _row("clean accuracy (no licence)", ref["clean_accuracy"], ref)]
+    if "baseline_accuracy" in ref:
+        rows.append(_row("unprotected baseline", ref["baseline_accuracy"], ref, judged=False))
+    attacks = {name: result for name, result in report["attacks"].items() if "error" not in result
+               and "skipped" not in result}
+    if "key_guessing" in attacks:
+        result = attacks["key_guessing"]
+        found = "found" if result["control"]["found"] else "NOT found"
+        rows.append(_row(f"key guessing: best of {result['guesses']:,} random licences",
+                         result["max_accuracy"], ref, f"true licence as control: {found}, "
+                         f"{result['control']['accuracy']:.2%}"))
+    if "near_keys" in attacks:
+        result = attacks["near_keys"]
+        rows.append(_row(f"near keys: best of {result['near_licences']} near licences",
+                         result["max_accuracy"], ref, "bit flips of the secret, copyright edits"))
+        scaled = result["amplitude_scaled_true_key"]
+        if scaled:
+            best = max(scaled, key=lambda r: r["accuracy"])
+            worst = min(scaled, key=lambda r: r["accuracy"])
+            rows.append(_row("true key, amplitude scaled (best scale)", best["accuracy"], ref,
+                             f"x{best['scale']:g} best, x{worst['scale']:g} worst "
+                             f"({worst['accuracy']:.2%})"))
+    if "fine_tuning" in attacks:
+        for row in attacks["fine_tuning"]["rows"]:
+            clean, gains = row["clean_accuracy"], row["advantage"]
+            if not gains:
+                continue
+            mode = max((m for m in clean if m != "scratch"), key=lambda m: clean[m])
+            entry = _row(f"fine-tuning on {row['fraction']:.0%} clean data: best stolen "
+                         f"({mode})", clean[mode], ref,
+                         f"thief's advantage {gains['best'] * 100:+.2f} points over scratch "
+                         f"({clean['scratch']:.2%})")
+            entry["advantage"] = gains["best"]
+            if gains["best"] <= ADVANTAGE_HOLDS:
+                entry["verdict"] = "holds"
+            elif entry["verdict"] == "holds":
+                entry["verdict"] = "weakens"
+            rows.append(entry)
+    if "pruning" in attacks:
+        result = attacks["pruning"]
+        best = max(result["rows"], key=lambda r: r["clean_accuracy"])
+        rows.append(_row("pruning: best clean accuracy over sparsities", best["clean_accuracy"], ref,
+                         f"at {best['sparsity']:.0%} sparsity"))
+    if "unlock_by_optimisation" in attacks:
+        for row in attacks["unlock_by_optimisation"]["rows"]:
+            rows.append(_row(f"unlock by optimisation, {row['fraction']:.0%} data, "
+                             f"{row['bound']} bound", row["accuracy"], ref,
+                             f"L-inf {row['linf']:.3f}"))
+    if "estimation" in attacks:
+        for row in attacks["estimation"]["rows"]:
+            rows.append(_row(f"key estimation from {row['observed']:,} legal inputs",
+                             row["accuracy"], ref,
+                             f"sign agreement {row['sign_agreement']:.1%}"))
+    if "partial_knowledge" in attacks:
+        result = attacks["partial_knowledge"]["rows"]
+        opening = [r for r in result if r["cosine"] < 1.0 and
+                   verdict(_row("", r["accuracy"], ref)["recovered"]) == "breaks"]
+        if opening:
+            first = min(opening, key=lambda r: r["cosine"])
+            rows.append(_row(f"partial knowledge: cosine {first['cosine']:g} suffices",
+                             first["accuracy"], ref, "lowest cosine that recovers >= 90%"))
+        else:
+            below = [r for r in result if r["cosine"] < 1.0]
+            if below:
+                best = max(below, key=lambda r: r["accuracy"])
+                rows.append(_row(f"partial knowledge: best below cosine 1 (c={best['cosine']:g})",
+                                 best["accuracy"], ref, "no cosine < 1 recovers 90%"))
+    if "distillation" in attacks:
+        for row in attacks["distillation"]["rows"]:
+            judged = row["teacher"] == "protected"
+            rows.append(_row(f"distillation, {row['queries']:,} clean queries, teacher: "
+                             f"{row['teacher']}", row["student_accuracy"], ref,
+                             "" if judged else "control", judged=judged))
+    return rows
