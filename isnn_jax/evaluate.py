@@ -6,6 +6,7 @@ python -m isnn_jax.evaluate --workdir DIR --licence FILE [--baseline_workdir DIR
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -35,22 +36,25 @@ def _rank_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jax.nn.one_hot(true_label_rank(logits, labels), num_classes, dtype=jnp.int32).sum(0)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "spec"))
+def _count_ranks(params: Any, keys: jax.Array, images: jax.Array, labels: jax.Array, *,
+                 model: nn.Module, spec: TransformSpec | None) -> jax.Array:
+    if spec is None:
+        return _rank_counts(model.apply({"params": params}, images), labels)[None]
+
+    def one_key(key: jax.Array) -> jax.Array:
+        logits = model.apply({"params": params}, apply_transform(spec, key, images))
+        return _rank_counts(logits, labels)
+
+    return jax.vmap(one_key)(keys)
+
+
 def make_rank_counter(model: nn.Module, spec: TransformSpec | None) -> Callable:
     """A jitted count, per key of a chunk, of how often the true label has each output rank.
 
-    With `spec` None the images are used as given (one "key" row)."""
-
-    def count(params: Any, keys: jax.Array, images: jax.Array, labels: jax.Array) -> jax.Array:
-        if spec is None:
-            return _rank_counts(model.apply({"params": params}, images), labels)[None]
-
-        def one_key(key: jax.Array) -> jax.Array:
-            logits = model.apply({"params": params}, apply_transform(spec, key, images))
-            return _rank_counts(logits, labels)
-
-        return jax.vmap(one_key)(keys)
-
-    return jax.jit(count)
+    With `spec` None the images are used as given (one "key" row). The model and the transform
+    are static arguments of one jitted function, so equal ones reuse its compilation."""
+    return functools.partial(_count_ranks, model=model, spec=spec)
 
 
 def key_rank_rates(model: nn.Module, params: Any, spec: TransformSpec | None, keys: jax.Array | None,
