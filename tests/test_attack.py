@@ -1,0 +1,303 @@
+"""The security evaluation on a tiny protected digits model: every attack, its known cases, the CLI."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from isnn_jax import api
+from isnn_jax.attack import (AttackSetupError, BudgetError, UnknownAttackError, apply_overrides,
+                             evaluate_attacks, load_setting, quick_budgets, resolve_attacks)
+from isnn_jax.attack import (distillation, estimation, fine_tuning, key_guessing, near_keys,
+                             partial_knowledge, pruning, unlock)
+from isnn_jax.attack.__main__ import main as attack_main
+from isnn_jax.attack.fit import fit, last_layer_name, layer_mask, one_hot
+from isnn_jax.attack.measure import pattern_accuracies
+from isnn_jax.attack.report import check_no_secret, prepare_output
+from isnn_jax.attack.setting import Deadline, eval_subset, train_subset
+from isnn_jax.licence import Licence, TransformSpec
+from isnn_jax.train import train_and_evaluate
+from tiny_config import EPSILON, tiny_config
+
+LICENCE = Licence(bytes(range(200, 232)), "(c) Seller; Buyer; attack tests",
+                  TransformSpec(epsilon=EPSILON))
+NO_LIMIT = 600.0
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_dir):
+    """A tiny protected digits model (10 epochs, ~30 s): legal ~0.84, clean ~0.27."""
+    config = tiny_config(data_dir, checkpoint_every_steps=1000, log_every_steps=100)
+    config.eval.random_licences = 0
+    config.eval.near_per_class = 1
+    path = tmp_path_factory.mktemp("attack") / "protected"
+    train_and_evaluate(config, path, LICENCE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setting(workdir):
+    """The attack setting; the protected model doubles as the 'baseline' to exercise that path."""
+    return load_setting(workdir, LICENCE, baseline_workdir=workdir)
+
+
+@pytest.fixture(scope="module")
+def reference(workdir, setting):
+    """Legal and clean accuracy on the test split, measured through the public API."""
+    model = api.load_protected(workdir)
+    images, labels = setting.test_images, setting.test_labels
+    legal = float((model.predict(images, LICENCE) == labels).mean())
+    clean = float((model.predict(images) == labels).mean())
+    assert legal > clean + 0.3, (legal, clean)  # the model is protected, or nothing below means much
+    return legal, clean
+
+
+def budget(group: str, **fields):
+    """The quick preset's group with some fields changed."""
+    config = quick_budgets()[group]
+    config.update(fields)
+    return config
+
+
+def deadline():
+    return Deadline(NO_LIMIT)
+
+
+def test_key_guessing_finds_the_true_licence_among_random_ones(setting, reference):
+    result = key_guessing.run(setting, budget("key_guessing", guesses=40, screen_images=64,
+                                              confirm_top=3), 0, deadline())
+    legal, _ = reference
+    assert result["guesses"] == 40 and not result["stopped_early"]
+    assert sum(result["screen"]["histogram"]["counts"]) == 40
+    assert result["control"]["found"] and result["control"]["screen_rank"] == 1
+    assert result["control"]["accuracy"] == pytest.approx(legal, abs=1e-9)
+    assert len(result["confirmed_top"]) == 3
+    assert result["max_accuracy"] == max(result["confirmed_top"]) < legal
+
+
+def test_key_guessing_stops_at_its_deadline_but_keeps_the_control(setting, monkeypatch):
+    monkeypatch.setattr(key_guessing, "CHUNK_KEYS", 8)
+    result = key_guessing.run(setting, budget("key_guessing", guesses=40, confirm_top=2), 0,
+                              Deadline(0.0))
+    assert result["stopped_early"] and result["guesses"] == 7  # one chunk: the control + 7 guesses
+    assert result["control"]["found"]
+
+
+def test_near_keys_cover_every_class_and_the_unscaled_key_is_legal(setting, reference):
+    result = near_keys.run(setting, budget("near_keys", per_class=2, screen_images=100,
+                                           confirm_top=2, amplitude_scales=(0.5, 1.0, 2.0)),
+                           0, deadline())
+    legal, _ = reference
+    assert set(result["classes"]) >= {"secret_bit_flip", "substitution", "insertion", "deletion",
+                                      "case", "whitespace", "lookalike"}
+    assert result["near_licences"] == sum(c["count"] for c in result["classes"].values())
+    scaled = {row["scale"]: row["accuracy"] for row in result["amplitude_scaled_true_key"]}
+    assert scaled[1.0] == pytest.approx(legal, abs=1e-9)
+    assert scaled[2.0] < legal
+    assert [row["distribution"] for row in result["changed_parameters"]][-1] == "uniform"
+    assert result["max_accuracy"] == max(row["accuracy"] for row in result["confirmed_top"])
+
+
+def test_fine_tuning_with_zero_steps_is_the_stolen_model_and_the_advantage_adds_up(setting,
+                                                                                    reference):
+    _, clean = reference
+    zero = fine_tuning.run(setting, budget("fine_tuning", fractions=(0.1,), steps=0), 0, deadline())
+    row = zero["rows"][0]
+    assert row["clean_accuracy"]["all_layers"] == pytest.approx(clean, abs=1e-9)
+    assert row["clean_accuracy"]["last_layer"] == pytest.approx(clean, abs=1e-9)
+    trained = fine_tuning.run(setting, budget("fine_tuning", fractions=(0.1,), steps=50), 0,
+                              deadline())["rows"][0]
+    assert trained["train_images"] == round(0.1 * setting.train_images.shape[0])
+    accuracies, gains = trained["clean_accuracy"], trained["advantage"]
+    for mode in ("all_layers", "last_layer", "last_layer_reinit"):
+        assert gains[mode] == pytest.approx(accuracies[mode] - accuracies["scratch"], abs=1e-12)
+    assert gains["best"] == max(gains[m] for m in ("all_layers", "last_layer", "last_layer_reinit"))
+    # 144 clean images and 50 steps: the stolen weights beat fresh ones (measured +0.2 or more).
+    assert accuracies["all_layers"] > clean + 0.2
+    assert gains["all_layers"] > 0.05
+
+
+def test_last_layer_fine_tuning_moves_only_the_head(setting):
+    target = setting.protected
+    head = last_layer_name(target.params, target.num_classes)
+    assert head == "Dense_2"
+    images, labels = train_subset(setting, 0.05, 0)
+    tuned, steps = fit(target.module, target.params, images, one_hot(labels, target.num_classes),
+                       steps=10, batch_size=16, learning_rate=1e-2, seed=0,
+                       mask=layer_mask(target.params, {head}))
+    assert steps == 10
+    for name in target.params:
+        same = jax.tree_util.tree_all(jax.tree_util.tree_map(
+            lambda a, b: bool(np.array_equal(a, b)), target.params[name], tuned[name]))
+        assert same == (name != head), name
+
+
+def test_pruning_zero_is_the_unpruned_model_and_sparsity_is_global(setting, reference):
+    legal, clean = reference
+    result = pruning.run(setting, budget("pruning", sparsities=(0.0, 0.5, 0.9)), 0, deadline())
+    first, half, most = result["rows"]
+    assert first["legal_accuracy"] == pytest.approx(legal, abs=1e-9)
+    assert first["clean_accuracy"] == pytest.approx(clean, abs=1e-9)
+    assert first["measured_sparsity"] < 0.01
+    assert half["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert most["measured_sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert "baseline_accuracy" in half
+    assert most["legal_accuracy"] < legal
+
+
+def test_the_true_pattern_unlocks_and_optimisation_finds_one(setting, reference):
+    legal, clean = reference
+    target, true = setting.protected, np.asarray(setting.true_pattern())
+    images, labels = eval_subset(setting, 0)
+    start, steps = unlock.universal_perturbation(target.module, target.params, images, labels,
+                                                 bound=EPSILON, steps=0, batch_size=32,
+                                                 learning_rate=0.01, seed=0, init=true)
+    assert steps == 0
+    assert pattern_accuracies(target, target.params, start[None], images, labels)[0] == \
+        pytest.approx(legal, abs=1e-9)
+    result = unlock.run(setting, budget("unlock_by_optimisation", fractions=(0.1,),
+                                        bounds=("epsilon", "unbounded"), steps=50), 0, deadline())
+    bounded, free = result["rows"]
+    assert bounded["linf"] <= EPSILON + 1e-6 and free["linf"] <= 1.0
+    # 144 clean labelled digits are enough to rebuild the licence (measured: 0.84 = legal).
+    assert bounded["accuracy"] > clean + 0.3
+    assert bounded["cosine_with_true_pattern"] > 0.5
+
+
+def test_estimation_recovers_the_pattern_from_legal_inputs(setting, reference):
+    legal, clean = reference
+    # Known case: unclipped images and the exact clean mean give back the pattern itself.
+    true = np.asarray(setting.true_pattern())
+    mid = np.full((5, *true.shape), 0.5, np.float32) + np.linspace(-0.2, 0.2, 5)[:, None, None, None]
+    legal_inputs = np.clip(mid + true, 0, 1)
+    np.testing.assert_array_equal(estimation.estimate_pattern(legal_inputs, mid.mean(0), EPSILON),
+                                  true)
+    result = estimation.run(setting, budget("estimation", observed=(10, 100, 100000)), 0,
+                            deadline())
+    observed = [row["observed"] for row in result["rows"]]
+    assert observed == [10, 100, setting.train_images.shape[0] // 2]  # capped at the pool
+    most = result["rows"][-1]
+    assert most["sign_agreement"] > 0.9
+    assert most["accuracy"] > clean + 0.3
+
+
+def test_partial_knowledge_at_cosine_one_is_the_licence(setting, reference):
+    legal, clean = reference
+    rng = np.random.default_rng(0)
+    true = np.asarray(setting.true_pattern())
+    flipped = partial_knowledge.flip_signs(true, 0.5, rng)
+    assert unlock.cosine(flipped, true) == pytest.approx(0.5, abs=1 / true.size)
+    result = partial_knowledge.run(setting, budget("partial_knowledge", cosines=(0.0, 1.0),
+                                                   draws=2), 0, deadline())
+    zero, one = result["rows"]
+    assert one["accuracy"] == pytest.approx(legal, abs=1e-9)
+    assert one["measured_cosine"] == pytest.approx(1.0)
+    assert abs(zero["measured_cosine"]) < 0.1
+    assert zero["accuracy"] < legal - 0.2
+
+
+def test_distillation_student_learns_only_through_the_licence(setting):
+    queries = distillation.make_queries(setting.train_images[:100], 250, seed=0)
+    assert queries.shape == (250, *setting.train_images.shape[1:])
+    np.testing.assert_array_equal(queries[:100], setting.train_images[:100])
+    result = distillation.run(setting, budget("distillation", query_multiples=(1,), steps=100),
+                              0, deadline())
+    rows = {row["teacher"]: row for row in result["rows"]}
+    assert set(rows) == {"protected", "baseline", "protected_with_licence"}
+    assert rows["protected"]["queries"] == setting.test_images.shape[0]
+    # The control: the same pipeline distils a working student when queried through the licence.
+    assert rows["protected_with_licence"]["student_accuracy"] > \
+        rows["protected"]["student_accuracy"] + 0.15
+
+
+def test_attack_names_and_budgets_are_checked():
+    assert resolve_attacks("all")[0] == "key_guessing" and len(resolve_attacks("all")) == 8
+    assert resolve_attacks("pruning,estimation") == ["pruning", "estimation"]
+    with pytest.raises(UnknownAttackError, match="did you mean pruning"):
+        resolve_attacks("prunning")
+    budgets = quick_budgets()
+    apply_overrides(budgets, ["key_guessing.guesses=123", "fine_tuning.fractions=(0.2,)",
+                              "pruning.max_seconds=5"])
+    assert budgets.key_guessing.guesses == 123 and budgets.fine_tuning.fractions == (0.2,)
+    assert budgets.pruning.max_seconds == 5.0
+    with pytest.raises(BudgetError, match="did you mean key_guessing.guesses"):
+        apply_overrides(budgets, ["key_guessing.guess=5"])
+    with pytest.raises(BudgetError, match="whole number"):
+        apply_overrides(budgets, ["key_guessing.guesses=1.5"])
+    with pytest.raises(BudgetError, match="lacks '='"):
+        apply_overrides(budgets, ["key_guessing.guesses"])
+
+
+def test_setup_errors_name_the_problem(tmp_path, workdir):
+    with pytest.raises(AttackSetupError, match="not a trained isnn_jax workdir"):
+        load_setting(tmp_path / "missing", LICENCE)
+    other = Licence(bytes(range(32)), LICENCE.copyright, LICENCE.transform)
+    with pytest.raises(AttackSetupError, match="different model"):
+        load_setting(workdir, other)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files"):
+        prepare_output(tmp_path / "busy")
+
+
+def test_secret_check_refuses_to_publish(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"oops": LICENCE.secret.hex()}))
+    with pytest.raises(RuntimeError, match="secret"):
+        check_no_secret(tmp_path, [LICENCE.secret])
+
+
+def test_command_writes_report_figures_and_no_secret(tmp_path, workdir, capsys):
+    licence_file = LICENCE.save(tmp_path / "buyer.licence.json")
+    out = tmp_path / "report"
+    argv = ["--workdir", str(workdir), "--licence", str(licence_file), "--out", str(out),
+            "--attacks", "pruning,partial_knowledge,estimation", "--preset", "quick",
+            "--baseline_workdir", str(workdir), "--budget", "pruning.sparsities=(0.0,0.5)"]
+    assert attack_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["attacks_run"] == ["pruning", "partial_knowledge", "estimation"]
+    assert report["model"]["licence_fingerprint"] == LICENCE.fingerprint()
+    assert report["budgets"]["pruning"]["sparsities"] == [0.0, 0.5]
+    assert set(report["figures"]) == {"pruning.png", "partial_knowledge.png", "estimation.png"}
+    for name in report["figures"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| legal accuracy (true licence) |" in (out / "report.md").read_text()
+    needles = [LICENCE.secret, LICENCE.secret.hex().encode(), LICENCE.key_bytes()[:8],
+               LICENCE.key_bytes().hex().encode()]
+    for path in out.iterdir():
+        assert not any(needle in path.read_bytes() for needle in needles), path
+    assert LICENCE.secret.hex() not in capsys.readouterr().out
+    # A second run replaces the report whole; no staging folders are left beside it.
+    assert attack_main(argv[:-2] + ["--no_figures"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buyer.licence.json", "report"]
+
+
+def test_command_errors_exit_2_with_the_fix(tmp_path, workdir, capsys):
+    licence_file = LICENCE.save(tmp_path / "buyer.licence.json")
+    base = ["--licence", str(licence_file), "--out", str(tmp_path / "r")]
+    assert attack_main(["--workdir", str(workdir), "--attacks", "keyguess"] + base) == 2
+    assert "unknown attack 'keyguess'" in capsys.readouterr().err
+    assert attack_main(["--workdir", str(tmp_path / "nope")] + base) == 2
+    assert "not a trained isnn_jax workdir" in capsys.readouterr().err
+    assert attack_main(["--workdir", str(workdir), "--budget", "pruning.nope=1"] + base) == 2
+    assert "unknown budget field" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_attacks_records_a_failed_attack_and_keeps_the_rest(setting, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    from isnn_jax.attack import suite
+
+    monkeypatch.setitem(suite.ATTACKS, "pruning", broken)
+    budgets = quick_budgets()
+    budgets.partial_knowledge.update(cosines=(1.0,), draws=1)
+    report = evaluate_attacks(dataclasses.replace(setting, baseline=None),
+                              ["pruning", "partial_knowledge"], budgets)
+    assert report["attacks"]["pruning"]["error"] == "RuntimeError: boom"
+    assert report["attacks"]["partial_knowledge"]["rows"][0]["accuracy"] == \
+        pytest.approx(report["reference"]["legal_accuracy"], abs=1e-9)
+    assert "baseline_accuracy" not in report["reference"]
