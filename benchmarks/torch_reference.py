@@ -301,10 +301,11 @@ def combined_loss(views: Mapping[str, torch.Tensor], labels: torch.Tensor,
 
 def isnn_loss(model: nn.Module, views: Mapping[str, torch.Tensor], labels: torch.Tensor,
               weights: Mapping[str, float], illegal_form: str = "uniform_constant",
-              temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              temperature: float = 1.0, memory_format: torch.memory_format = torch.channels_last,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One fused forward pass over every view (as the JAX step does), then the combined loss."""
     sizes = [view.shape[0] for view in views.values()]
-    fused = torch.cat(list(views.values())).contiguous(memory_format=torch.channels_last)
+    fused = torch.cat(list(views.values())).contiguous(memory_format=memory_format)
     logits = model(fused)
     return combined_loss(dict(zip(views, torch.split(logits, sizes))), labels, weights,
                          illegal_form, temperature)
@@ -316,13 +317,13 @@ class TorchIsnnStep:
     def __init__(self, model: nn.Module, learning_rate: float, licence_pattern: np.ndarray,
                  near_patterns: np.ndarray | None, epsilon: float, wrong_views: int,
                  weights: Mapping[str, float], illegal_form: str = "uniform_constant",
-                 seed: int = 0) -> None:
-        """Patterns are HWC / KHWC NumPy arrays taken from JAX."""
-        self.model = model.to(memory_format=torch.channels_last)
+                 seed: int = 0, memory_format: torch.memory_format = torch.channels_last) -> None:
+        """Patterns are HWC / KHWC NumPy arrays taken from JAX; `memory_format` of activations."""
+        self.memory_format = memory_format
+        self.model = model.to(memory_format=memory_format)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-        self.licence_pattern = torch.from_numpy(np.asarray(licence_pattern, np.float32)).permute(2, 0, 1)
-        self.near_patterns = (None if near_patterns is None else
-                              torch.from_numpy(np.asarray(near_patterns, np.float32)).permute(0, 3, 1, 2))
+        self.licence_pattern = to_torch_images(np.asarray(licence_pattern)[None])[0]
+        self.near_patterns = None if near_patterns is None else to_torch_images(near_patterns)
         self.epsilon, self.wrong_views = float(epsilon), int(wrong_views)
         self.weights, self.illegal_form = dict(weights), illegal_form
         self.generator = torch.Generator().manual_seed(seed)
@@ -331,7 +332,8 @@ class TorchIsnnStep:
         """One step on clean NCHW images; returns detached metrics."""
         views = make_views(images, self.licence_pattern, self.near_patterns, self.epsilon,
                            self.wrong_views, self.weights, self.generator)
-        loss, metrics = isnn_loss(self.model, views, labels, self.weights, self.illegal_form)
+        loss, metrics = isnn_loss(self.model, views, labels, self.weights, self.illegal_form,
+                                  memory_format=self.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -341,13 +343,15 @@ class TorchIsnnStep:
 class TorchPlainStep:
     """A plain supervised step (cross-entropy, Adam) on the given NCHW images."""
 
-    def __init__(self, model: nn.Module, learning_rate: float) -> None:
-        self.model = model.to(memory_format=torch.channels_last)
+    def __init__(self, model: nn.Module, learning_rate: float,
+                 memory_format: torch.memory_format = torch.channels_last) -> None:
+        self.memory_format = memory_format
+        self.model = model.to(memory_format=memory_format)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step; returns the detached loss."""
-        loss = F.cross_entropy(self.model(images.contiguous(memory_format=torch.channels_last)), labels)
+        loss = F.cross_entropy(self.model(images.contiguous(memory_format=self.memory_format)), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
