@@ -29,4 +29,6 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     known = set(model_fields(name))
-    return MODELS[name](num_classes=num_classes, **{k: v for k, v in fields.items() if k in known})
+    # Lists (from JSON metadata) become tuples: modules must be hashable to be static jit args.
+    return MODELS[name](num_classes=num_classes, **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in fields.items() if k in known})
