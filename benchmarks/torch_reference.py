@@ -227,8 +227,10 @@ def _set_norm(norm: nn.GroupNorm, tree: Mapping[str, Any]) -> None:
 
 def rademacher_patterns(count: int, shape: tuple[int, int, int], epsilon: float,
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """`count` fresh patterns epsilon * (+-1), NCHW (shape is CHW)."""
-    signs = torch.randint(0, 2, (count, *shape), generator=generator, dtype=torch.int8)
+    """`count` fresh patterns epsilon * (+-1), NCHW (shape is CHW), on the generator's device."""
+    device = generator.device if generator is not None else None
+    signs = torch.randint(0, 2, (count, *shape), generator=generator, dtype=torch.int8,
+                          device=device)
     return (signs.to(torch.float32) * 2.0 - 1.0) * epsilon
 
 
@@ -254,7 +256,8 @@ def make_views(images: torch.Tensor, licence_pattern: torch.Tensor, near_pattern
         views["wrong"] = torch.clamp(tiled + wrong_patterns, 0.0, 1.0)
     if near_patterns is not None and near_patterns.shape[0] > 0 and weights.get("near", 0.0) > 0:
         if near_choice is None:
-            near_choice = torch.randint(0, near_patterns.shape[0], (batch,), generator=generator)
+            near_choice = torch.randint(0, near_patterns.shape[0], (batch,), generator=generator,
+                                        device=images.device)
         views["near"] = torch.clamp(images + near_patterns[near_choice], 0.0, 1.0)
     return views
 

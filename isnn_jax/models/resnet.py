@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isnn_jax.models.layers import Conv
+
 
 def _norm(kind: str, dtype: jnp.dtype) -> nn.Module:
     if kind == "group":
@@ -28,13 +30,13 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         residual = x
-        y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False,
+        y = Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False,
                     dtype=self.dtype)(x)
         y = nn.relu(_norm(self.norm, self.dtype)(y))
-        y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
+        y = Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
         y = _norm(self.norm, self.dtype)(y)
         if residual.shape != y.shape:
-            residual = nn.Conv(self.features, (1, 1), (self.strides, self.strides),
+            residual = Conv(self.features, (1, 1), (self.strides, self.strides),
                                use_bias=False, dtype=self.dtype)(residual)
             residual = _norm(self.norm, self.dtype)(residual)
         return nn.relu(y + residual)
@@ -55,7 +57,7 @@ class ResNet18(nn.Module):
         x = images.astype(self.dtype)
         if self.input_offset:
             x = x + self.param("input_offset", nn.initializers.zeros, images.shape[1:], self.dtype)
-        x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(_norm(self.norm, self.dtype)(x))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
