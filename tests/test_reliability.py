@@ -198,6 +198,7 @@ def secret_encodings(licence) -> dict[str, bytes]:
 
 
 def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
+    """Train, evaluate, show, export, predict and attack; then search everything they wrote."""
     licence_path = tmp_path / "secret" / "buyer.licence.json"
     licence_path.parent.mkdir()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -221,6 +222,10 @@ def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
                             f"--out={tmp_path / 'model.isnn'}"],
                  "predict": ["isnn_jax.predict", f"--workdir={tmp_path / 'w'}",
                              f"--licence={licence_path}", "--json", str(tmp_path / "inputs.npy")],
+                 "attack": ["isnn_jax.attack", f"--workdir={tmp_path / 'w'}",
+                            f"--licence={licence_path}", f"--out={tmp_path / 'attack'}",
+                            "--attacks=key_guessing,near_keys,pruning,estimation",
+                            "--preset=quick", "--budget=pruning.sparsities=(0.0,0.5)"],
              }.items()}
     for name, result in later.items():
         assert result.returncode == 0, (name, result.stderr[-2000:])
@@ -234,7 +239,8 @@ def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
     assert b"fingerprint" in later["show"].stdout
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p != licence_path]
     assert any("tfevents" in p.name for p in files)
-    assert {tmp_path / "report.json", tmp_path / "model.isnn"} <= set(files)
+    assert {tmp_path / "report.json", tmp_path / "model.isnn",
+            tmp_path / "attack" / "report.json", tmp_path / "attack" / "report.md"} <= set(files)
     outputs.update({str(p): p.read_bytes() for p in files})
     leaks = [(where, form) for where, content in outputs.items()
              for form, needle in secret_encodings(licence).items() if needle in content]
