@@ -87,7 +87,7 @@ def test_key_guessing_stops_at_its_deadline_but_keeps_the_control(setting, monke
 
 def test_near_keys_cover_every_class_and_the_unscaled_key_is_legal(setting, reference):
     result = near_keys.run(setting, budget("near_keys", per_class=2, screen_images=100,
-                                           confirm_top=2, amplitude_scales=(0.5, 1.0, 2.0)),
+                                           confirm_top=2, amplitude_scales=(1.0, 2.0)),
                            0, deadline())
     legal, _ = reference
     assert set(result["classes"]) >= {"secret_bit_flip", "substitution", "insertion", "deletion",
@@ -107,14 +107,14 @@ def test_fine_tuning_with_zero_steps_is_the_stolen_model_and_the_advantage_adds_
     row = zero["rows"][0]
     assert row["clean_accuracy"]["all_layers"] == pytest.approx(clean, abs=1e-9)
     assert row["clean_accuracy"]["last_layer"] == pytest.approx(clean, abs=1e-9)
-    trained = fine_tuning.run(setting, budget("fine_tuning", fractions=(0.1,), steps=50), 0,
+    trained = fine_tuning.run(setting, budget("fine_tuning", fractions=(0.1,), steps=30), 0,
                               deadline())["rows"][0]
     assert trained["train_images"] == round(0.1 * setting.train_images.shape[0])
     accuracies, gains = trained["clean_accuracy"], trained["advantage"]
     for mode in ("all_layers", "last_layer", "last_layer_reinit"):
         assert gains[mode] == pytest.approx(accuracies[mode] - accuracies["scratch"], abs=1e-12)
     assert gains["best"] == max(gains[m] for m in ("all_layers", "last_layer", "last_layer_reinit"))
-    # 144 clean images and 50 steps: the stolen weights beat fresh ones (measured +0.2 or more).
+    # 144 clean images and 30 steps: the stolen weights beat fresh ones (measured +0.2 or more).
     assert accuracies["all_layers"] > clean + 0.2
     assert gains["all_layers"] > 0.05
 
@@ -202,7 +202,7 @@ def test_distillation_student_learns_only_through_the_licence(setting):
     queries = distillation.make_queries(setting.train_images[:100], 250, seed=0)
     assert queries.shape == (250, *setting.train_images.shape[1:])
     np.testing.assert_array_equal(queries[:100], setting.train_images[:100])
-    result = distillation.run(setting, budget("distillation", query_multiples=(1,), steps=100),
+    result = distillation.run(setting, budget("distillation", query_multiples=(1,), steps=60),
                               0, deadline())
     rows = {row["teacher"]: row for row in result["rows"]}
     assert set(rows) == {"protected", "baseline", "protected_with_licence"}

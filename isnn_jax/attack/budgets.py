@@ -1,7 +1,7 @@
 """Budgets of the security evaluation: how much data, how many steps and queries, how long.
 
 Every attack reads only its own group. `default_budgets()` is what the command runs unless told
-otherwise (about 20 CPU-minutes on 2 cores for the Fashion-MNIST small CNN); `quick_budgets()`
+otherwise (about 20 minutes on 2 CPU cores for the Fashion-MNIST small CNN); `quick_budgets()`
 is a smoke-test size. Override one field with `--budget GROUP.FIELD=VALUE`.
 """
 
@@ -34,7 +34,7 @@ def default_budgets() -> ml_collections.ConfigDict:
 
     near = budgets.near_keys = ml_collections.ConfigDict()
     near.per_class = 0  # near licences per class (0: every one: 256 bit flips, every text edit)
-    near.screen_images = 500
+    near.screen_images = 200
     near.confirm_top = 10
     near.amplitude_scales = (0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0)  # the true key's pattern, rescaled
     near.max_seconds = 300.0
@@ -42,10 +42,10 @@ def default_budgets() -> ml_collections.ConfigDict:
     tune = budgets.fine_tuning = ml_collections.ConfigDict()
     tune.fractions = (0.01, 0.05, 0.1)  # of the clean labelled training split
     tune.modes = ("all_layers", "last_layer", "last_layer_reinit")
-    tune.steps = 300
+    tune.steps = 200
     tune.batch_size = 64
     tune.learning_rate = 1e-3
-    tune.max_seconds = 480.0
+    tune.max_seconds = 900.0
 
     prune = budgets.pruning = ml_collections.ConfigDict()
     prune.sparsities = tuple(round(0.1 * i, 1) for i in range(10))  # 0% to 90%
@@ -54,8 +54,8 @@ def default_budgets() -> ml_collections.ConfigDict:
     unlock = budgets.unlock_by_optimisation = ml_collections.ConfigDict()
     unlock.fractions = (0.01, 0.1)
     unlock.bounds = ("epsilon", "unbounded")  # L-inf bound of the learned perturbation
-    unlock.steps = 300
-    unlock.batch_size = 128
+    unlock.steps = 200
+    unlock.batch_size = 64
     unlock.learning_rate = 0.01  # Adam; the bounded run scales it by epsilon / 0.1
     unlock.max_seconds = 300.0
 
@@ -65,15 +65,15 @@ def default_budgets() -> ml_collections.ConfigDict:
 
     partial = budgets.partial_knowledge = ml_collections.ConfigDict()
     partial.cosines = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 to 1.0
-    partial.draws = 3  # random sign-flip sets per cosine
+    partial.draws = 2  # random sign-flip sets per cosine
     partial.max_seconds = 120.0
 
     distil = budgets.distillation = ml_collections.ConfigDict()
     distil.query_multiples = (1, 10)  # queries = multiple x test-split size
-    distil.steps = 600
+    distil.steps = 400
     distil.batch_size = 64
     distil.learning_rate = 1e-3
-    distil.max_seconds = 420.0
+    distil.max_seconds = 900.0
     return budgets
 
 

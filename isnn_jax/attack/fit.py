@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from isnn_jax.attack.setting import Deadline
+from isnn_jax.attack.setting import Deadline, on_host
 
 STEPS_PER_CALL = 50  # steps fused into one compiled call; the deadline is checked between calls
 
@@ -79,7 +79,7 @@ def fit(module: nn.Module, params: Any, images: np.ndarray, targets: np.ndarray,
         run = _chunk_runner(module, int(batch_size), float(learning_rate), chunk)[0]
         state, _ = run(state, mask, images, targets, rng, jnp.int32(done))
         done += chunk
-    return state[0], done
+    return on_host(state[0]), done
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:

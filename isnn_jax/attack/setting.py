@@ -8,6 +8,7 @@ its public fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,21 @@ def train_subset(setting: Setting, fraction: float, seed: int) -> tuple[np.ndarr
     return setting.train_images[chosen], setting.train_labels[chosen]
 
 
+def on_host(params: Any) -> Any:
+    """Weights as plain uncommitted arrays, so restored, fresh and trained weights all share one
+    compiled evaluation or training step (a restored tree may carry another sharding)."""
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)), params)
+
+
+@functools.lru_cache(maxsize=8)
+def _initializer(module: nn.Module, image_shape: tuple[int, ...]):
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    return jax.jit(lambda rng: module.init(rng, dummy)["params"])
+
+
 def fresh_params(target: Target, seed: int) -> Any:
     """Newly initialised weights of the target's architecture (training from scratch)."""
-    dummy = jnp.zeros((1, *target.image_shape), jnp.float32)
-    return target.module.init(jax.random.key(seed), dummy)["params"]
+    return on_host(_initializer(target.module, tuple(target.image_shape))(jax.random.key(seed)))
 
 
 def hashable_module(module: nn.Module) -> nn.Module:
@@ -109,8 +121,8 @@ def hashable_module(module: nn.Module) -> nn.Module:
 
 
 def _target_of(model: Any) -> Target:
-    return Target(module=hashable_module(model.module), params=model.params, num_classes=int(model.meta["num_classes"]),
-                  image_shape=tuple(model.image_shape), source=str(model.workdir), step=model.step)
+    return Target(module=hashable_module(model.module), params=on_host(model.params),
+                  num_classes=int(model.meta["num_classes"]), image_shape=tuple(model.image_shape), source=str(model.workdir), step=model.step)
 
 
 def load_setting(workdir: str | Path, licence: Licence | str | Path,

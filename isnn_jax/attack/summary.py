@@ -55,9 +55,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         if scaled:
             best = max(scaled, key=lambda r: r["accuracy"])
             worst = min(scaled, key=lambda r: r["accuracy"])
-            rows.append(_row("true key, amplitude scaled (best scale)", best["accuracy"], ref,
-                             f"x{best['scale']:g} best, x{worst['scale']:g} worst "
-                             f"({worst['accuracy']:.2%})"))
+            rows.append(_row(f"true key, amplitude scaled x{worst['scale']:g} (worst scale)",
+                             worst["accuracy"], ref, f"control (needs the key); best "
+                             f"x{best['scale']:g}: {best['accuracy']:.2%}", judged=False))
     if "fine_tuning" in attacks:
         for row in attacks["fine_tuning"]["rows"]:
             clean, gains = row["clean_accuracy"], row["advantage"]
@@ -96,13 +96,15 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         if opening:
             first = min(opening, key=lambda r: r["cosine"])
             rows.append(_row(f"partial knowledge: cosine {first['cosine']:g} suffices",
-                             first["accuracy"], ref, "lowest cosine that recovers >= 90%"))
+                             first["accuracy"], ref, "sensitivity: lowest cosine that recovers "
+                             ">= 90%", judged=False))
         else:
             below = [r for r in result if r["cosine"] < 1.0]
             if below:
                 best = max(below, key=lambda r: r["accuracy"])
                 rows.append(_row(f"partial knowledge: best below cosine 1 (c={best['cosine']:g})",
-                                 best["accuracy"], ref, "no cosine < 1 recovers 90%"))
+                                 best["accuracy"], ref, "sensitivity: no cosine < 1 recovers 90%",
+                                 judged=False))
     if "distillation" in attacks:
         for row in attacks["distillation"]["rows"]:
             judged = row["teacher"] == "protected"
