@@ -280,6 +280,12 @@ def measure(model: str, batch: int, repeats: int, steps: int,
     return rows
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over repeats of numerator[r] / denominator[r]: each pair ran back to back, so a
+    load change between repeats cancels (more robust than a ratio of medians on a shared host)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
+
+
 def summarise(model: str, batch: int, rows: dict[str, Any], matmul: dict[str, float],
               pipeline: dict[str, float]) -> dict[str, Any]:
     """The ratios the performance targets are stated in."""
@@ -292,6 +298,7 @@ def summarise(model: str, batch: int, rows: dict[str, Any], matmul: dict[str, fl
         "jax_isnn_images_per_s": isnn["images_per_s"],
         "jax_plain_network_images_per_s": plain["network_images_per_s"],
         "isnn_over_plain_step_time": isnn["step_s"] / plain["step_s"],
+        "isnn_over_plain_paired": paired_ratio(isnn["step_s_all"], plain["step_s_all"]),
         "isnn_gflop_per_step": isnn["flops_per_step"] / 1e9,
         "plain_gflop_per_step": plain["flops_per_step"] / 1e9,
         "achieved_gflops": achieved,
@@ -302,7 +309,9 @@ def summarise(model: str, batch: int, rows: dict[str, Any], matmul: dict[str, fl
     if best_torch:
         summary.update(torch_reference=best_torch,
                        torch_isnn_images_per_s=torch_rows[best_torch]["images_per_s"],
-                       jax_over_torch_speed=torch_rows[best_torch]["step_s"] / isnn["step_s"])
+                       jax_over_torch_speed=torch_rows[best_torch]["step_s"] / isnn["step_s"],
+                       jax_over_torch_paired=paired_ratio(torch_rows[best_torch]["step_s_all"],
+                                                          isnn["step_s_all"]))
     return summary
 
 
@@ -311,14 +320,16 @@ def print_table(summaries: list[dict[str, Any]], matmul: dict[str, float]) -> No
     print(f"\nmatmul 2048^3: float32 {matmul['jax_float32_gflops']:.0f} GFLOP/s, "
           f"bfloat16 {matmul['jax_bfloat16_gflops']:.0f} GFLOP/s (JAX, this run)")
     head = (f"{'model':9s} {'batch':>5s} {'views':>5s} {'JAX img/s':>9s} {'torch img/s':>11s} "
-            f"{'JAX/torch':>9s} {'ISNN/plain':>10s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
+            f"{'JAX/torch':>9s} {'paired':>6s} {'ISNN/plain':>10s} {'paired':>6s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
             f"{'of matmul':>9s} {'pipe img/s':>10s} {'headroom':>8s}")
     print(head)
     for s in summaries:
         print(f"{s['model']:9s} {s['batch']:5d} {s['views']:5d} {s['jax_isnn_images_per_s']:9.1f} "
               f"{s.get('torch_isnn_images_per_s', float('nan')):11.1f} "
               f"{s.get('jax_over_torch_speed', float('nan')):9.2f} "
-              f"{s['isnn_over_plain_step_time']:10.3f} {s['isnn_gflop_per_step']:10.1f} "
+              f"{s.get('jax_over_torch_paired', float('nan')):6.2f} "
+              f"{s['isnn_over_plain_step_time']:10.3f} {s['isnn_over_plain_paired']:6.3f} "
+              f"{s['isnn_gflop_per_step']:10.1f} "
               f"{s['achieved_gflops']:8.1f} {s['fraction_of_matmul']:9.1%} "
               f"{s['pipeline_images_per_s']:10.0f} {s['pipeline_headroom']:7.0f}x")
 
@@ -333,7 +344,14 @@ def main() -> None:
                         help="activation layouts of the PyTorch reference ('' to skip torch)")
     parser.add_argument("--torch_device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput_cpu.json"))
+    parser.add_argument("--from_json", default="", help="reprint the table of a saved run")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print_table([summarise(r["model"], r["batch"], r["rows"], saved["matmul_before"], r["pipeline"])
+                     for r in saved["results"]], saved["matmul_before"])
+        print(f"command: {saved['command']}")
+        return
     torch_formats = [f for f in args.torch_formats.split(",") if f]
     if torch_formats:
         import torch
