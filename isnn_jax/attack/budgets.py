@@ -57,6 +57,7 @@ def default_budgets() -> ml_collections.ConfigDict:
     unlock.steps = 200
     unlock.batch_size = 64
     unlock.learning_rate = 0.01  # Adam; the bounded run scales it by epsilon / 0.1
+    unlock.restarts = 2  # seeds per run; the best on the thief's own data is kept
     unlock.max_seconds = 300.0
 
     estimate = budgets.estimation = ml_collections.ConfigDict()
@@ -86,7 +87,7 @@ def quick_budgets() -> ml_collections.ConfigDict:
                              amplitude_scales=(0.5, 2.0))
     budgets.fine_tuning.update(fractions=(0.01, 0.1), steps=40)
     budgets.pruning.sparsities = (0.0, 0.5, 0.9)
-    budgets.unlock_by_optimisation.update(fractions=(0.1,), steps=40)
+    budgets.unlock_by_optimisation.update(fractions=(0.1,), steps=40, restarts=1)
     budgets.estimation.observed = (10, 100, 1000)
     budgets.partial_knowledge.update(cosines=(0.0, 0.5, 1.0), draws=1)
     budgets.distillation.update(query_multiples=(1,), steps=40)
@@ -168,7 +169,8 @@ def check_budgets(budgets: ml_collections.ConfigDict) -> None:
             fail(f"unknown fine_tuning mode {mode!r}; choose from {', '.join(MODES)}")
     positive = [("key_guessing", "guesses"), ("key_guessing", "screen_images"),
                 ("near_keys", "screen_images"), ("fine_tuning", "batch_size"),
-                ("unlock_by_optimisation", "batch_size"), ("partial_knowledge", "draws"),
+                ("unlock_by_optimisation", "batch_size"), ("unlock_by_optimisation", "restarts"),
+                ("partial_knowledge", "draws"),
                 ("distillation", "batch_size")]
     for group, field in positive:
         if int(budgets[group][field]) < 1:

@@ -90,16 +90,25 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
                 break
             bound = epsilon if bound_name == "epsilon" else 1.0
             rate = float(budget.learning_rate) * (epsilon / 0.1 if bound_name == "epsilon" else 1.0)
-            learned, steps_run = universal_perturbation(
-                target.module, target.params, train_x, train_y, bound=bound,
-                steps=int(budget.steps), batch_size=int(budget.batch_size), learning_rate=rate,
-                seed=setting.seed + index, deadline=deadline)
+            # Restarts from other seeds; the thief keeps the one best on its own data.
+            tries = []
+            for restart in range(int(budget.restarts)):
+                if tries and deadline.expired():
+                    break
+                learned, steps_run = universal_perturbation(
+                    target.module, target.params, train_x, train_y, bound=bound,
+                    steps=int(budget.steps), batch_size=int(budget.batch_size), learning_rate=rate,
+                    seed=setting.seed + index + 1000 * restart, deadline=deadline)
+                train_acc = pattern_accuracies(target, target.params, learned[None], train_x,
+                                               train_y)[0]
+                tries.append((float(train_acc), learned, steps_run))
+            train_acc, learned, steps_run = max(tries, key=lambda t: t[0])
             candidates = np.stack([learned, epsilon * np.sign(learned)])
             test_acc, sign_acc = pattern_accuracies(target, target.params, candidates, images, labels)
-            train_acc = pattern_accuracies(target, target.params, learned[None], train_x, train_y)[0]
             row = {"fraction": float(fraction), "train_images": int(train_x.shape[0]),
                    "bound": bound_name, "linf": float(np.abs(learned).max()), "steps": steps_run,
-                   "accuracy": float(test_acc), "train_accuracy": float(train_acc),
+                   "restarts_train_accuracy": [t[0] for t in tries],
+                   "accuracy": float(test_acc), "train_accuracy": train_acc,
                    "sign_times_epsilon_accuracy": float(sign_acc)}
             if true is not None:
                 row["cosine_with_true_pattern"] = cosine(learned, true)
@@ -109,4 +118,4 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
     best = max((row["accuracy"] for row in rows), default=float("nan"))
     return {"rows": rows, "stopped_early": stopped, "eval_images": int(images.shape[0]),
             "steps": int(budget.steps), "batch_size": int(budget.batch_size),
-            "max_accuracy": best}
+            "restarts": int(budget.restarts), "max_accuracy": best}
