@@ -73,7 +73,8 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
         rows = [[f"{r['fraction']:.0%} ({r['train_images']:,})", r["bound"], f"{r['linf']:.3f}",
                  _pct(r["train_accuracy"]), _pct(r["accuracy"]),
                  _pct(r["sign_times_epsilon_accuracy"]),
-                 f"{r.get('cosine_with_true_pattern', float('nan')):.3f}"] for r in result["rows"]]
+                 f"{r['cosine_with_true_pattern']:.3f}" if "cosine_with_true_pattern" in r
+                 else "—"] for r in result["rows"]]
         lines += [f"{result['steps']} Adam steps (batch {result['batch_size']}), best of "
                   f"{result['restarts']} restart(s) by the thief's own training accuracy:", ""]
         lines += _table(["data", "bound", "L-inf", "train acc", "test acc", "eps*sign test acc",
