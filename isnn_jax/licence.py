@@ -24,7 +24,7 @@ import numpy as np
 FORMAT = "isnn-licence/1"
 KEY_DOMAIN = b"isnn-jax/transform-key/v1\x00"
 ID_DOMAIN = b"isnn-jax/licence-id/v1\x00"
-SECRET_BYTES = 32  # 256 bits; the issue floor is 128.
+SECRET_BYTES = 32  # 256 bits; licences below 128 bits are refused.
 MIN_SECRET_BYTES = 16
 TRANSFORM_KINDS = ("additive", "shuffle", "shuffle_additive")
 PATTERN_DISTRIBUTIONS = ("rademacher", "uniform")
