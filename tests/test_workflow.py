@@ -17,7 +17,6 @@ from isnn_jax import api
 from isnn_jax import licence as licence_module
 from isnn_jax.bare_model import BareModel, from_export, from_workdir
 from isnn_jax.black_box import command_classifier, model_classifier
-from isnn_jax.config import default_config
 from isnn_jax.data import load_split, to_float
 from isnn_jax.export import export_bytes, export_workdir, load_export, write_atomic
 from isnn_jax.images import ImageError, read_inputs
@@ -33,6 +32,7 @@ from isnn_jax.trace import main as trace_cli
 from isnn_jax.trace import trace_licences
 from isnn_jax.verify import main as verify_cli
 from isnn_jax.verify import ownership_test, verification_set
+from tiny_config import tiny_config
 
 BUYERS = ("alpha-labs", "beta-corp", "gamma-gmbh")
 LEAKER = "beta-corp"
@@ -40,18 +40,8 @@ EPSILON = 0.1  # 8x8 digits need a stronger pattern than 28x28 images
 
 
 def workflow_config(data_dir):
-    """A small model that separates legal from illegal digits in 15 short epochs (~8 s each)."""
-    config = default_config()
-    config.data.data_dir = data_dir
-    config.model.features = (16, 32)
-    config.model.hidden = 64
-    config.model.detector_features = 32
-    config.train.batch_size = 64
-    config.train.epochs = 15
-    config.train.learning_rate = 3e-3
-    config.train.warmup_steps = 5
-    config.train.log_every_steps = 100
-    config.train.checkpoint_every_steps = 1000
+    """The tests' tiny digits config for 15 epochs (~8 s each); protect sets the transform."""
+    config = tiny_config(data_dir, epochs=15, log_every_steps=100, checkpoint_every_steps=1000)
     config.eval.random_licences = 0
     config.eval.near_per_class = 1
     return config
@@ -60,14 +50,7 @@ def workflow_config(data_dir):
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """Three buyers, each with a licence from the registry and a model protected for it."""
-    # The three models compile the same programs; a persistent cache compiles them once.
-    previous = {name: jax.config.values[name] for name in (
-        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes")}
     root = tmp_path_factory.mktemp("shop")
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla-cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     data_dir = str(root / "tfds")
     registry = root / "seller" / "registry"
     reports = {}
@@ -85,8 +68,6 @@ def shop(tmp_path_factory):
     yield {"root": root, "registry": registry, "data_dir": data_dir, "reports": reports,
            "workdir": {buyer: root / buyer for buyer in BUYERS},
            "licence_file": {buyer: root / f"{buyer}.licence.json" for buyer in BUYERS}}
-    for name, value in previous.items():
-        jax.config.update(name, value)
 
 
 @pytest.fixture(scope="module")

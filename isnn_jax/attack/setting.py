@@ -111,17 +111,8 @@ def fresh_params(target: Target, seed: int) -> Any:
     return on_host(_initializer(target.module, tuple(target.image_shape))(jax.random.key(seed)))
 
 
-def hashable_module(module: nn.Module) -> nn.Module:
-    """The module with list fields (as read back from JSON metadata) turned into tuples.
-
-    Jitted evaluation takes the module as a static argument, which must be hashable."""
-    lists = {field.name: tuple(getattr(module, field.name)) for field in dataclasses.fields(module)
-             if isinstance(getattr(module, field.name, None), list)}
-    return module.clone(**lists) if lists else module
-
-
 def _target_of(model: Any) -> Target:
-    return Target(module=hashable_module(model.module), params=on_host(model.params),
+    return Target(module=model.module, params=on_host(model.params),
                   num_classes=int(model.meta["num_classes"]), image_shape=tuple(model.image_shape), source=str(model.workdir), step=model.step)
 
 
