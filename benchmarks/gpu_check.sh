@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh                  # on a machine with one GPU (about 8 minutes)
 #   DRY_RUN=1 bash benchmarks/gpu_check.sh        # the CPU path with tiny sizes (a smoke test)
+#   MODELS_BATCHES="cnn:1024 resnet18:256" REPEATS=3 STEPS=5 bash benchmarks/gpu_check.sh  # shorter
 #
 # Writes $OUT/throughput_gpu.json (OUT defaults to benchmarks/results) and the log next to it.
 # Needs jax with CUDA (`pip install -e .[cuda,bench]`; torch 2.13.0 with CUDA for the reference);
@@ -27,9 +28,9 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
 else
   # GPU-sized batches that fit an 80 GB card: ResNet-18 at 256 clean images builds 5 views,
   # 1,280 images through the network per step. Three runs fit one 10-minute device call.
-  MODELS_BATCHES=("cnn:1024" "cnn:4096" "resnet18:256")
-  REPEATS=5
-  STEPS=10
+  read -ra MODELS_BATCHES <<< "${MODELS_BATCHES:-cnn:1024 cnn:4096 resnet18:256}"
+  REPEATS="${REPEATS:-5}"
+  STEPS="${STEPS:-10}"
   TORCH_DEVICE=cuda
   NAME=throughput_gpu.json
   "$PYTHON" - <<'EOF'

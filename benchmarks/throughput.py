@@ -255,9 +255,11 @@ def pipeline_rate(model: str, batch: int, steps: int = 20) -> dict[str, float]:
 
 
 def measure(model: str, batch: int, repeats: int, steps: int,
-            torch_formats: list[str], torch_device: str) -> dict[str, Any]:
+            torch_formats: list[str], torch_device: str, dtype: str = "float32") -> dict[str, Any]:
     """Every case of one (model, batch), interleaved; medians of seconds per step."""
-    cases: list[Any] = [build_jax_case(model, batch), build_jax_case(model, batch, plain=True)]
+    overrides = {"dtype": dtype}
+    cases: list[Any] = [build_jax_case(model, batch, model_overrides=overrides),
+                        build_jax_case(model, batch, plain=True, model_overrides=overrides)]
     cases += [build_torch_case(model, batch, fmt, torch_device) for fmt in torch_formats]
     flops = {case.name: case.flops() for case in cases[:2]}
     states = {case.name: case.run(case.state, 2) for case in cases}  # compile, warm up
@@ -343,6 +345,8 @@ def main() -> None:
     parser.add_argument("--torch_formats", default="channels_last,contiguous",
                         help="activation layouts of the PyTorch reference ('' to skip torch)")
     parser.add_argument("--torch_device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="JAX compute dtype (the PyTorch reference stays float32)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput_cpu.json"))
     parser.add_argument("--from_json", default="", help="reprint the table of a saved run")
     args = parser.parse_args()
@@ -364,11 +368,13 @@ def main() -> None:
         default_batch = {"cnn": "128", "resnet18": "16"}[model]
         for batch in (int(b) for b in (args.batches or default_batch).split(",")):
             steps = args.steps or (3 if model == "cnn" else 1)
-            rows = measure(model, batch, args.repeats, steps, torch_formats, args.torch_device)
+            rows = measure(model, batch, args.repeats, steps, torch_formats, args.torch_device,
+                           args.dtype)
             pipeline = pipeline_rate(model, batch)
             summary = summarise(model, batch, rows, matmul, pipeline)
             summaries.append(summary)
-            results.append({"model": model, "batch": batch, "steps_per_repeat": steps,
+            results.append({"model": model, "batch": batch, "dtype": args.dtype,
+                            "steps_per_repeat": steps,
                             "rows": rows, "pipeline": pipeline, "summary": summary,
                             "loadavg_after": os.getloadavg()})
             print(json.dumps(summary), flush=True)

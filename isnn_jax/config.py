@@ -29,6 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.stage_sizes = (2, 2, 2, 2)  # resnet18
     config.model.width = 64  # resnet18
     config.model.norm = "group"  # resnet18: group | layer (no BatchNorm: docs/decisions.md)
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
@@ -45,6 +46,15 @@ def default_config() -> ml_collections.ConfigDict:
     config.objective.w_near = 1.0
     config.objective.wrong_views = 2  # wrong-key views of every image per step
     config.objective.near_keys = 64  # near keys (copyright edits, secret bit flips) trained on
+
+    # Hardening (isnn_jax/hardening.py, docs/security.md): attack outputs trained as illegal.
+    config.hardening = ml_collections.ConfigDict()
+    config.hardening.unlock_perturbations = 0  # universal perturbations trained against (0: off)
+    config.hardening.unlock_step = 0.02  # their signed-gradient step, as a fraction of the bound
+    config.hardening.w_unlock = 1.0
+    config.hardening.estimate_min = 0  # observed legal inputs behind the estimate: min..max
+    config.hardening.estimate_max = 0  # (0: off)
+    config.hardening.w_estimate = 1.0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128  # global batch; must divide by the number of devices

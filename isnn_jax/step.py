@@ -19,6 +19,8 @@ import optax
 from flax import struct
 
 from isnn_jax import objective
+from isnn_jax.hardening import (Hardening, estimated_pattern, init_unlock, perturbed,
+                                unlock_update)
 from isnn_jax.licence import TransformSpec
 from isnn_jax.transforms import apply_per_example, apply_transform
 
@@ -27,10 +29,16 @@ StepFn = Callable[[Any, Batch, jax.Array, Mapping[str, jax.Array]], tuple[Any, d
 
 _WRONG_STREAM = 1
 _NEAR_STREAM = 2
+_ESTIMATE_STREAM = 3
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything a checkpoint holds: step, parameters, optimiser state (never a key)."""
+    """Everything a checkpoint holds: step, parameters, optimiser state (never a key).
+
+    With unlock hardening the optimiser state is {"optimizer": ..., "unlock": perturbations}:
+    the thief's perturbations are the other player's state of the min-max game, and resuming
+    needs them.
+    """
 
     step: jax.Array
     params: Any
@@ -49,17 +57,29 @@ class Protection:
     )
     illegal_form: str = "uniform_constant"
     temperature: float = 1.0
+    hardening: Hardening = Hardening()
 
     def __hash__(self) -> int:
         return hash((self.spec, self.protect, self.wrong_views, tuple(sorted(self.weights.items())),
-                     self.illegal_form, self.temperature))
+                     self.illegal_form, self.temperature, self.hardening))
+
+    @property
+    def unlock(self) -> bool:
+        """Whether the state carries unlock perturbations (protected training only)."""
+        return self.protect and self.hardening.unlock > 0
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-               image_shape: tuple[int, int, int]) -> TrainState:
+               image_shape: tuple[int, int, int],
+               protection: Protection | None = None) -> TrainState:
     """Fresh parameters and optimiser state for images of `image_shape` (HWC)."""
     params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    opt_state = tx.init(params)
+    if protection is not None and protection.unlock:
+        unlock = init_unlock(protection.hardening, protection.spec.epsilon, image_shape,
+                             jax.random.fold_in(rng, 1))
+        opt_state = {"optimizer": opt_state, "unlock": unlock}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
 
 def _example_keys(stream: jax.Array, first: jax.Array | int, count: int) -> jax.Array:
@@ -73,11 +93,14 @@ def _example_keys(stream: jax.Array, first: jax.Array | int, count: int) -> jax.
 
 def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: jax.Array,
                step_rng: jax.Array, first_example: jax.Array | int = 0,
-               global_batch: int | None = None) -> dict[str, jax.Array]:
+               global_batch: int | None = None, unlock: jax.Array | None = None,
+               axis_name: str | None = None) -> dict[str, jax.Array]:
     """The legal view and every illegal view of a batch of clean images, in a fixed order.
 
     `images` are the global batch's examples `first_example ..` (a device's shard under pmap);
     `global_batch` (default: this batch) numbers the wrong-key views of all devices apart.
+    `unlock` holds the thief's perturbations (unlock hardening); `axis_name` (pmap) lets the
+    estimate hardening average over every device's shard.
     """
     spec = protection.spec
     batch = images.shape[0]
@@ -97,6 +120,15 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
         draw = _example_keys(jax.random.fold_in(step_rng, _NEAR_STREAM), first_example, batch)
         choice = jax.vmap(lambda k: jax.random.randint(k, (), 0, near.shape[0]))(draw)
         views["near"] = apply_per_example(spec, near[choice], images)
+    hardening = protection.hardening
+    if hardening.estimate:
+        example_keys = _example_keys(jax.random.fold_in(step_rng, _ESTIMATE_STREAM),
+                                     first_example, batch)
+        pattern = estimated_pattern(hardening, spec.epsilon, views["legal"], images, step_rng,
+                                    example_keys, global_batch, axis_name)
+        views["estimate"] = jnp.clip(images + pattern, 0.0, 1.0)
+    if unlock is not None:
+        views["unlock"] = perturbed(images, unlock)
     return views
 
 
@@ -109,8 +141,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     index, so the result equals the sharded-jit and single-device step up to reduction order.
     """
 
-    def loss_fn(params: Any, batch: Batch, step_rng: jax.Array,
-                keys: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+    def loss_fn(params: Any, batch: Batch, step_rng: jax.Array, keys: Mapping[str, jax.Array],
+                unlock: jax.Array | None) -> tuple[jax.Array, dict]:
         images, labels = batch["image"], batch["label"]
         if not protection.protect:
             logits = model.apply({"params": params}, images)
@@ -122,7 +154,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         else:
             first = jax.lax.axis_index(axis_name) * local
             global_batch = local * jax.lax.psum(1, axis_name)
-        views = make_views(protection, keys, images, step_rng, first, global_batch)
+        views = make_views(protection, keys, images, step_rng, first, global_batch, unlock,
+                           axis_name)
         sizes = [v.shape[0] for v in views.values()]
         # One fused forward pass over all views: one large matmul per layer instead of several.
         logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
@@ -134,12 +167,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                    keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(rng, state.step)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng, keys)
+        opt_state, unlock = state.opt_state, None
+        if protection.unlock:
+            opt_state, unlock = opt_state["optimizer"], opt_state["unlock"]
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng, keys,
+                                                         unlock)
         if axis_name is not None:  # equal shard sizes: the mean of means is the global mean
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        if unlock is not None:  # the thief's move, against the weights it was measured on
+            unlock = unlock_update(lambda p, x: model.apply({"params": p}, x), state.params,
+                                   unlock, batch["image"], batch["label"], protection.hardening,
+                                   protection.spec.epsilon, axis_name)
+            opt_state = {"optimizer": opt_state, "unlock": unlock}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

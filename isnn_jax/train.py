@@ -26,10 +26,11 @@ import numpy as np
 import optax
 
 from isnn_jax import checkpoints, metadata
-from isnn_jax.config import ConfigError, check_config
+from isnn_jax.config import ConfigError, check_config, default_config
 from isnn_jax.data import DATASETS, load_split, to_float
 from isnn_jax.data.streams import load_streams, stream_count
 from isnn_jax.evaluate import evaluate_protection, format_report, plain_accuracy
+from isnn_jax.hardening import Hardening
 from isnn_jax.licence import Licence, LicenceError, TransformSpec, stack_keys
 from isnn_jax.metric_writers import MetricWriter
 from isnn_jax.models import build_model
@@ -70,13 +71,26 @@ def transform_spec(config: ml_collections.ConfigDict) -> TransformSpec:
                          distribution=lic.distribution)
 
 
+def hardening_of(config: ml_collections.ConfigDict) -> Hardening:
+    """The hardening the config asks for; a bad value is a ConfigError naming the field."""
+    hard = config.get("hardening") or default_config().hardening  # older configs have none
+    try:
+        return Hardening(unlock=int(hard.unlock_perturbations), unlock_step=float(hard.unlock_step),
+                         estimate_observed=(int(hard.estimate_min), int(hard.estimate_max)))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Protection:
     """The static description of the illegal views and their weights."""
     obj = config.objective
+    hard = config.get("hardening") or default_config().hardening
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
-                               "near": float(obj.w_near)},
-                      illegal_form=obj.illegal_form, temperature=float(obj.temperature))
+                               "near": float(obj.w_near), "unlock": float(hard.w_unlock),
+                               "estimate": float(hard.w_estimate)},
+                      illegal_form=obj.illegal_form, temperature=float(obj.temperature),
+                      hardening=hardening_of(config))
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
@@ -195,6 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     batch_size = int(config.train.batch_size)
     mesh = make_mesh()
     check_batch_size(batch_size, mesh)  # bad sizes fail before anything is written
+    protection = protection_of(config, spec)
+    try:
+        protection.hardening.check_batch(batch_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     stream_count(int(config.data.streams), batch_size, jax.process_count())
     check_workdir_writable(workdir)
     _check_workdir_licence(workdir, licence)
@@ -220,12 +239,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
     model = build_model(config.model.to_dict(), num_classes)
     tx = make_optimizer(config, total_steps)
-    protection = protection_of(config, spec)
     root = jax.random.key(int(config.seed), impl="threefry2x32")
     init_rng, step_root = jax.random.split(root)
 
     repl = replicated(mesh)
-    state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape), out_shardings=repl)(init_rng)
+    state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape, protection),
+                    out_shardings=repl)(init_rng)
     mngr = checkpoints.manager(checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir),
                                int(config.train.keep_checkpoints))
     try:

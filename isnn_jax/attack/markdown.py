@@ -82,8 +82,10 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
     elif name == "estimation":
         lines += [f"Estimator: {result['estimator']}.", ""]
         lines += _table(["observed legal inputs", "accuracy", "sign agreement", "cosine"],
-                        [[f"{r['observed']:,}", _pct(r["accuracy"]), f"{r['sign_agreement']:.1%}",
-                          f"{r['cosine_with_true_pattern']:.3f}"] for r in result["rows"]])
+                        [[f"{r['observed']:,}", _pct(r["accuracy"]),
+                          f"{r['sign_agreement']:.1%}" if "sign_agreement" in r else "—",
+                          f"{r['cosine_with_true_pattern']:.3f}" if "sign_agreement" in r else "—"]
+                         for r in result["rows"]])
     elif name == "partial_knowledge":
         lines += _table(["cosine", "accuracy (mean)", "min", "max"],
                         [[f"{r['cosine']:g}", _pct(r["accuracy"]), _pct(r["accuracy_min"]),

@@ -88,7 +88,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         for row in attacks["estimation"]["rows"]:
             rows.append(_row(f"key estimation from {row['observed']:,} legal inputs",
                              row["accuracy"], ref,
-                             f"sign agreement {row['sign_agreement']:.1%}"))
+                             f"sign agreement {row['sign_agreement']:.1%}"
+                             if "sign_agreement" in row else "no additive pattern to agree with"))
     if "partial_knowledge" in attacks:
         result = attacks["partial_knowledge"]["rows"]
         opening = [r for r in result if r["cosine"] < 1.0 and

@@ -7,18 +7,21 @@ from typing import Any, Mapping
 import dataclasses
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from isnn_jax.models.cnn import SmallCNN
 from isnn_jax.models.resnet import ResNet18
 
 MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+# Compute dtypes (config.model.dtype); parameters and the loss stay float32 under both.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # Config fields each model reads; the config holds the union, so a field another model reads is
 # not an error (config.model.features means nothing to resnet18).
 def model_fields(name: str) -> tuple[str, ...]:
     """The constructor fields of model `name` that a config may set."""
-    skip = {"num_classes", "parent", "name", "dtype"}
+    skip = {"num_classes", "parent", "name"}
     return tuple(f.name for f in dataclasses.fields(MODELS[name]) if f.name not in skip)
 
 
@@ -29,6 +32,11 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     known = set(model_fields(name))
+    if "dtype" in fields:
+        if fields["dtype"] not in DTYPES:
+            raise ValueError(f"unknown model dtype {fields['dtype']!r}; choose one of "
+                             f"{', '.join(DTYPES)} (config.model.dtype)")
+        fields["dtype"] = DTYPES[fields["dtype"]]
     # Lists (from JSON metadata) become tuples: modules must be hashable to be static jit args.
     return MODELS[name](num_classes=num_classes, **{k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in fields.items() if k in known})

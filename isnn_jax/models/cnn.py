@@ -33,8 +33,9 @@ class SmallCNN(nn.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.astype(self.dtype)
         if self.input_offset:
-            offset = self.param("input_offset", nn.initializers.zeros, images.shape[1:], self.dtype)
-            x = x + offset
+            offset = self.param("input_offset", nn.initializers.zeros, images.shape[1:],
+                                jnp.float32)  # parameters stay float32 under any compute dtype
+            x = x + offset.astype(self.dtype)
         for width in self.features:
             x = nn.Conv(width, (3, 3), dtype=self.dtype)(x)
             x = nn.relu(x)

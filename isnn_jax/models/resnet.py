@@ -56,7 +56,8 @@ class ResNet18(nn.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.astype(self.dtype)
         if self.input_offset:
-            x = x + self.param("input_offset", nn.initializers.zeros, images.shape[1:], self.dtype)
+            x = x + self.param("input_offset", nn.initializers.zeros, images.shape[1:],
+                               jnp.float32).astype(self.dtype)  # parameters stay float32
         x = Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(_norm(self.norm, self.dtype)(x))
         for stage, blocks in enumerate(self.stage_sizes):
