@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from isnn_jax import api
 from isnn_jax.config import ConfigError
 from isnn_jax.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.models import build_model
 from isnn_jax.train import train_and_evaluate
 from tiny_config import EPSILON, RESUME_LICENCE, short_config, tiny_config
 
@@ -173,3 +175,22 @@ def test_batch_not_divisible_by_devices_fails_before_writing(tmp_path, data_dir)
     with pytest.raises(ValueError, match="batch_size=63 does not divide by the 2 devices"):
         train_and_evaluate(config, tmp_path / "w", RESUME_LICENCE)
     assert not (tmp_path / "w").exists()
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
+    """config.model.dtype=bfloat16 computes in bf16; parameters and logits stay float32, and the
+    outputs are close to the float32 model's on the same parameters."""
+    fields = {"name": "small_cnn", "features": (8, 16), "hidden": 32, "detector_features": 16,
+              "input_offset": True}
+    fp32 = build_model({**fields, "dtype": "float32"}, 10)
+    bf16 = build_model({**fields, "dtype": "bfloat16"}, 10)
+    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
+    params = fp32.init(jax.random.key(0), images)
+    assert {leaf.dtype for leaf in jax.tree.leaves(bf16.init(jax.random.key(0), images))} == {
+        jnp.dtype(jnp.float32)}
+    full, reduced = fp32.apply(params, images), bf16.apply(params, images)
+    assert reduced.dtype == jnp.float32
+    assert float(jnp.abs(full - reduced).max()) < 0.05 * float(jnp.abs(full).max()) + 1e-2
+    with pytest.raises(ValueError, match=r"unknown model dtype 'float16'; choose one of "
+                                         r"float32, bfloat16 \(config.model.dtype\)"):
+        build_model({**fields, "dtype": "float16"}, 10)
