@@ -104,9 +104,10 @@ def summarise_trace(trace_dir: str, kinds: dict[str, str], steps: int) -> dict:
             "total_thunk_ms": sum(per_op.values())}
 
 
-def profile(model: str, batch: int, plain: bool, steps: int = 3) -> dict:
+def profile(model: str, batch: int, plain: bool, steps: int = 3,
+            overrides: dict | None = None) -> dict:
     """Trace `steps` steps of the ISNN (or plain) step and summarise them."""
-    case = build_jax_case(model, batch, plain=plain)
+    case = build_jax_case(model, batch, plain=plain, model_overrides=overrides)
     state = case.run(case.state, 2)  # compile and warm up
     kinds = classify_instructions(case.compiled_text())
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -129,8 +130,11 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="profile the plain step instead")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", default="")
+    parser.add_argument("--model_override", action="append", default=[],
+                        help="FIELD=VALUE of config.model, e.g. conv=im2col (repeatable)")
     args = parser.parse_args()
-    summary = profile(args.model, args.batch, args.plain, args.steps)
+    overrides = dict(item.split("=", 1) for item in args.model_override)
+    summary = profile(args.model, args.batch, args.plain, args.steps, overrides)
     print(f"{summary['step']} step, {args.model}, batch {args.batch} "
           f"({summary['network_images']} images through the network): "
           f"{summary['wall_ms_per_step']:.0f} ms/step wall, {summary['total_thunk_ms']:.0f} ms in ops")

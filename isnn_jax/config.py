@@ -30,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.width = 64  # resnet18
     config.model.norm = "group"  # resnet18: group | layer (no BatchNorm: docs/decisions.md)
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    config.model.conv = "auto"  # auto | xla | im2col: same parameters (docs/performance.md)
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"

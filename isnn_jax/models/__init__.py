@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from isnn_jax.models.cnn import SmallCNN
@@ -15,6 +16,18 @@ from isnn_jax.models.resnet import ResNet18
 MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
 # Compute dtypes (config.model.dtype); parameters and the loss stay float32 under both.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONVS = ("auto", "xla", "im2col")
+
+
+def resolve_conv(name: str, conv: str, backend: str) -> str:
+    """`auto` is what measured fastest (docs/performance.md): im2col for the small CNN on a CPU
+    (1.27x), XLA's convolution for ResNet-18 (im2col was 0.82x there) and on accelerators."""
+    if conv not in CONVS:
+        raise ValueError(f"unknown model conv {conv!r}; choose one of {', '.join(CONVS)} "
+                         "(config.model.conv)")
+    if conv != "auto":
+        return conv
+    return "im2col" if name == "small_cnn" and backend == "cpu" else "xla"
 
 
 # Config fields each model reads; the config holds the union, so a field another model reads is
@@ -37,6 +50,8 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
             raise ValueError(f"unknown model dtype {fields['dtype']!r}; choose one of "
                              f"{', '.join(DTYPES)} (config.model.dtype)")
         fields["dtype"] = DTYPES[fields["dtype"]]
+    if "conv" in fields:
+        fields["conv"] = resolve_conv(name, fields["conv"], jax.default_backend())
     # Lists (from JSON metadata) become tuples: modules must be hashable to be static jit args.
     return MODELS[name](num_classes=num_classes, **{k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in fields.items() if k in known})

@@ -8,7 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isnn_jax.models.layers import Conv
+from isnn_jax.models.layers import Conv, Im2ColConv
+
+CONVS = {"xla": Conv, "im2col": Im2ColConv}
 
 
 def _norm(kind: str, dtype: jnp.dtype) -> nn.Module:
@@ -26,9 +28,11 @@ class BasicBlock(nn.Module):
     strides: int = 1
     norm: str = "group"
     dtype: jnp.dtype = jnp.float32
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        Conv = CONVS[self.conv]  # noqa: N806  (a layer class)
         residual = x
         y = Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False,
                     dtype=self.dtype)(x)
@@ -51,6 +55,7 @@ class ResNet18(nn.Module):
     norm: str = "group"
     input_offset: bool = False  # learned per-pixel input offset, as in SmallCNN
     dtype: jnp.dtype = jnp.float32
+    conv: str = "xla"  # xla | im2col: how stride-1 convolutions are computed (same parameters)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -58,11 +63,12 @@ class ResNet18(nn.Module):
         if self.input_offset:
             x = x + self.param("input_offset", nn.initializers.zeros, images.shape[1:],
                                jnp.float32).astype(self.dtype)  # parameters stay float32
-        x = Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = CONVS[self.conv](self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(_norm(self.norm, self.dtype)(x))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(self.width * 2**stage, strides, self.norm, self.dtype)(x)
+                x = BasicBlock(self.width * 2**stage, strides, self.norm, self.dtype,
+                               self.conv)(x)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

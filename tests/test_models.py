@@ -1,0 +1,52 @@
+"""Model building blocks chosen for speed compute what the plain layers compute."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isnn_jax.models import build_model, resolve_conv
+from isnn_jax.models.cnn import max_pool_2x2
+from isnn_jax.models.layers import Im2ColConv
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 2), (1, 8, 8, 1)])
+def test_reshape_max_pool_equals_nn_max_pool(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize("features, kernel, padding", [(32, (3, 3), "SAME"), (8, (3, 3), "VALID"),
+                                                       (4, (1, 1), "SAME"), (6, (3, 3), 1)])
+def test_im2col_convolution_equals_nn_conv(features, kernel, padding):
+    """Same parameters, same outputs, gradients (weights and input) within float32 rounding."""
+    x = jax.random.uniform(jax.random.key(0), (3, 12, 12, 5))
+    plain = nn.Conv(features, kernel, padding=padding)
+    fast = Im2ColConv(features, kernel, padding=padding)
+    params = plain.init(jax.random.key(1), x)
+    assert jax.tree.structure(params) == jax.tree.structure(fast.init(jax.random.key(1), x))
+    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), atol=1e-5)
+
+    def grads(module):
+        return jax.grad(lambda p, v: (module.apply(p, v) ** 2).sum(), argnums=(0, 1))(params, x)
+
+    for got, want in zip(jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(plain))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_im2col_falls_back_to_lax_for_strided_convolutions():
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+    plain, fast = nn.Conv(4, (3, 3), strides=2), Im2ColConv(4, (3, 3), strides=2)
+    params = plain.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(fast.apply(params, x), plain.apply(params, x))
+
+
+def test_conv_choice():
+    assert resolve_conv("small_cnn", "auto", "cpu") == "im2col"
+    assert resolve_conv("small_cnn", "auto", "gpu") == "xla"
+    assert resolve_conv("resnet18", "auto", "cpu") == "xla"
+    assert resolve_conv("resnet18", "im2col", "tpu") == "im2col"
+    with pytest.raises(ValueError, match=r"unknown model conv 'fft'; choose one of auto, xla, "
+                                         r"im2col \(config.model.conv\)"):
+        build_model({"name": "small_cnn", "conv": "fft"}, 10)
