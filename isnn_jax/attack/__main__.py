@@ -2,9 +2,9 @@
     [--baseline_workdir DIR] [--preset default|quick] [--budget GROUP.FIELD=VALUE ...]
 
 Attacks a protected model (key guessing, near keys, fine-tuning, pruning, unlock by
-optimisation, key estimation, partial knowledge, distillation) and writes report.json,
-report.md and PNG figures into REPORT_DIR. Exit codes: 0 done, 1 an attack failed (the others'
-results are still written), 2 bad input (one `error:` line with the fix).
+optimisation, permutation unlock, key estimation, partial knowledge, distillation) and writes
+report.json, report.md and PNG figures into REPORT_DIR. Exit codes: 0 done, 1 an attack failed
+(the others' results are still written), 2 bad input (one `error:` line with the fix).
 """
 
 from __future__ import annotations

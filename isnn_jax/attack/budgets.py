@@ -13,6 +13,7 @@ import difflib
 import ml_collections
 
 ATTACK_NAMES = ("key_guessing", "near_keys", "fine_tuning", "pruning", "unlock_by_optimisation",
+                "permutation_unlock",
                 "estimation", "partial_knowledge", "distillation")
 
 
@@ -60,6 +61,14 @@ def default_budgets() -> ml_collections.ConfigDict:
     unlock.restarts = 2  # seeds per run; the best on the thief's own data is kept
     unlock.max_seconds = 300.0
 
+    permute = budgets.permutation_unlock = ml_collections.ConfigDict()  # shuffle transforms only
+    permute.fractions = (0.01, 0.1)
+    permute.steps = 600
+    permute.batch_size = 64
+    permute.learning_rate = 0.05  # Adam on the Sinkhorn logits (and the pattern's tanh input)
+    permute.restarts = 2
+    permute.max_seconds = 600.0
+
     estimate = budgets.estimation = ml_collections.ConfigDict()
     estimate.observed = (10, 30, 100, 300, 1000, 3000, 10000)  # legal inputs the eavesdropper sees
     estimate.max_seconds = 120.0
@@ -88,6 +97,7 @@ def quick_budgets() -> ml_collections.ConfigDict:
     budgets.fine_tuning.update(fractions=(0.01, 0.1), steps=40)
     budgets.pruning.sparsities = (0.0, 0.5, 0.9)
     budgets.unlock_by_optimisation.update(fractions=(0.1,), steps=40, restarts=1)
+    budgets.permutation_unlock.update(fractions=(0.1,), steps=60, restarts=1)
     budgets.estimation.observed = (10, 100, 1000)
     budgets.partial_knowledge.update(cosines=(0.0, 0.5, 1.0), draws=1)
     budgets.distillation.update(query_multiples=(1,), steps=40)
@@ -145,7 +155,7 @@ def check_budgets(budgets: ml_collections.ConfigDict) -> None:
     def fail(message: str) -> None:
         raise BudgetError(message)
 
-    for name in ("fine_tuning", "unlock_by_optimisation"):
+    for name in ("fine_tuning", "unlock_by_optimisation", "permutation_unlock"):
         for fraction in budgets[name].fractions:
             if not 0.0 < float(fraction) <= 1.0:
                 fail(f"{name}.fractions must lie in (0, 1], got {fraction}")
@@ -170,6 +180,7 @@ def check_budgets(budgets: ml_collections.ConfigDict) -> None:
     positive = [("key_guessing", "guesses"), ("key_guessing", "screen_images"),
                 ("near_keys", "screen_images"), ("fine_tuning", "batch_size"),
                 ("unlock_by_optimisation", "batch_size"), ("unlock_by_optimisation", "restarts"),
+                ("permutation_unlock", "batch_size"), ("permutation_unlock", "restarts"),
                 ("partial_knowledge", "draws"),
                 ("distillation", "batch_size")]
     for group, field in positive:

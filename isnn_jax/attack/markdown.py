@@ -79,6 +79,17 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
                   f"{result['restarts']} restart(s) by the thief's own training accuracy:", ""]
         lines += _table(["data", "bound", "L-inf", "train acc", "test acc", "eps*sign test acc",
                          "cosine with true pattern"], rows)
+    elif name == "permutation_unlock":
+        rows = [[f"{r['fraction']:.0%} ({r['train_images']:,})", str(r["steps"]),
+                 _pct(r["train_accuracy"]), _pct(r["accuracy"]),
+                 f"{r['positions_matching_true_permutation']:.0%}"] for r in result["rows"]]
+        lines += [f"A soft permutation of the {result['block_values']} values of a block "
+                  f"(Sinkhorn, temperature annealed), plus a pattern within epsilon where the "
+                  f"transform adds one; Adam, batch {result['batch_size']}, best of "
+                  f"{result['restarts']} restart(s) by the thief's own training accuracy, then "
+                  "the hard permutation (Hungarian assignment):", ""]
+        lines += _table(["data", "steps", "train acc", "test acc",
+                         "block positions equal to the key's (control)"], rows)
     elif name == "estimation":
         lines += [f"Estimator: {result['estimator']}.", ""]
         lines += _table(["observed legal inputs", "accuracy", "sign agreement", "cosine"],

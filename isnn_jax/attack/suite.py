@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from isnn_jax.attack import (distillation, estimation, fine_tuning, key_guessing, near_keys,
-                             partial_knowledge, pruning, unlock)
+                             partial_knowledge, permutation, pruning, unlock)
 from isnn_jax.attack.budgets import ATTACK_NAMES, check_budgets, default_budgets
 from isnn_jax.attack.measure import accuracy, key_accuracies_of
 from isnn_jax.attack.setting import Deadline, Setting, eval_subset, load_setting
@@ -28,6 +28,7 @@ ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
     "fine_tuning": fine_tuning.run,
     "pruning": pruning.run,
     "unlock_by_optimisation": unlock.run,
+    "permutation_unlock": permutation.run,
     "estimation": estimation.run,
     "partial_knowledge": partial_knowledge.run,
     "distillation": distillation.run,

@@ -84,6 +84,11 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row(f"unlock by optimisation, {row['fraction']:.0%} data, "
                              f"{row['bound']} bound", row["accuracy"], ref,
                              f"L-inf {row['linf']:.3f}"))
+    if "permutation_unlock" in attacks:
+        for row in attacks["permutation_unlock"]["rows"]:
+            rows.append(_row(f"permutation unlock, {row['fraction']:.0%} data", row["accuracy"],
+                             ref, f"{row['positions_matching_true_permutation']:.0%} of block "
+                             "positions right"))
     if "estimation" in attacks:
         for row in attacks["estimation"]["rows"]:
             rows.append(_row(f"key estimation from {row['observed']:,} legal inputs",
