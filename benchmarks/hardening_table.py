@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from records import write_record
+
 
 def load_reports(reports: Path, variants: list[str]) -> dict[str, dict[str, Any]]:
     """Each variant's report; a variant without one is named on stderr and left out."""
@@ -118,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     table = build_table(reports)
     print(markdown(table))
     if args.out is not None:
-        args.out.write_text(json.dumps(table, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_record(args.out, table)
     return 0 if len(reports) == len(args.variants) else 1
 
 

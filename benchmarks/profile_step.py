@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 
+from records import command_line, write_record  # noqa: E402
 from throughput import MODELS, build_jax_case  # noqa: E402
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S.*?\s([a-z][\w\-]*)\(")
@@ -145,9 +145,8 @@ def main() -> None:
     for row in summary["top_ops_ms"]:
         print(f"{row['op'][:40]:40s} {row['kind']:24s} {row['ms']:9.1f}")
     if args.out:
-        summary["command"] = "PYTHONPATH=. python benchmarks/profile_step.py " + " ".join(sys.argv[1:])
-        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        summary["command"] = command_line("profile_step.py")
+        write_record(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ each path at a fixed global batch, not a speed-up; on real accelerators it measu
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
@@ -21,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,6 +29,7 @@ from isnn_jax.licence import Licence, TransformSpec, random_keys  # noqa: E402
 from isnn_jax.models import build_model  # noqa: E402
 from isnn_jax.parallel import DataParallel, make_mesh, replicate  # noqa: E402
 from isnn_jax.step import Protection, init_state, make_train_step  # noqa: E402
+from records import command_line, write_record  # noqa: E402
 
 
 def measure(kind: str, devices: list, batch: int, steps: int, image_shape: tuple[int, ...],
@@ -88,17 +88,11 @@ def main() -> None:
         row["relative_to_first"] = row["images_per_s"] / base[row["path"]]
         print(f"{row['path']:8s} {row['devices']:7d} {row['global_batch']:6d} "
               f"{row['step_s'] * 1e3:9.1f} {row['images_per_s']:9.0f} {row['relative_to_first']:9.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.environ.get("XLA_FLAGS", "")
-    command = " ".join(filter(None, [f"XLA_FLAGS={flags}" if flags else "",
-                                     "python benchmarks/scaling.py", *sys.argv[1:]]))
-    record = {"command": command,
+    record = {"command": command_line("scaling.py"),
               "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
               "host": platform.processor() or platform.machine(), "jax": jax.__version__,
               "model": model_config, "rows": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from isnn_jax.models import build_model  # noqa: E402
 from isnn_jax.step import Protection, init_state, make_train_step  # noqa: E402
 from isnn_jax.train import protection_of, transform_spec  # noqa: E402
 from isnn_jax.transforms import additive_pattern  # noqa: E402
+from records import command_line, write_record  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,10 +390,7 @@ def main() -> None:
     print_table(summaries, matmul, matmul_size)
     print(f"matmul after the run: float32 {matmul_after['jax_float32_gflops']:.0f} GFLOP/s; "
           f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
-    flags = os.environ.get("XLA_FLAGS", "")
-    command = " ".join(filter(None, [f"XLA_FLAGS='{flags}'" if flags else "",
-                                     "PYTHONPATH=. python benchmarks/throughput.py", *sys.argv[1:]]))
-    record = {"command": command, "platform": jax.devices()[0].platform,
+    record = {"command": command_line("throughput.py"), "platform": jax.devices()[0].platform,
               "device_kind": jax.devices()[0].device_kind,
               "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "jax": jax.__version__, "torch_threads": torch_threads if torch_formats else None,
@@ -401,10 +399,7 @@ def main() -> None:
               "matmul_size": matmul_size, "matmul_before": matmul, "matmul_after": matmul_after,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

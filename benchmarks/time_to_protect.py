@@ -18,7 +18,6 @@ ones: legal within 1 point of the 91.02% baseline on the full test set, clean <=
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -42,6 +41,7 @@ from isnn_jax.near_keys import training_near_licences  # noqa: E402
 from isnn_jax.step import init_state, make_train_step  # noqa: E402
 from isnn_jax.train import make_optimizer, protection_of, transform_spec  # noqa: E402
 from isnn_jax.transforms import additive_pattern, apply_transform  # noqa: E402
+from records import command_line, write_record  # noqa: E402
 
 BASELINE_ACCURACY = 0.9102  # the unprotected model of configs/fashion_mnist.py (docs/results.md)
 
@@ -210,19 +210,13 @@ def main() -> None:
         ratio = record["torch"]["reached"]["train_seconds"] / record["jax"]["reached"]["train_seconds"]
         record["torch_over_jax_time_to_target"] = ratio
         print(f"PyTorch takes {ratio:.2f}x the JAX time to the target")
-    flags = os.environ.get("XLA_FLAGS", "")
-    record.update(command=" ".join(filter(None, [f"XLA_FLAGS='{flags}'" if flags else "",
-                                                 "PYTHONPATH=. python benchmarks/time_to_protect.py",
-                                                 *sys.argv[1:]])),
+    record.update(command=command_line("time_to_protect.py"),
                   targets={"legal": args.legal_target, "clean": args.clean_target,
                            "eval_images": int(images.shape[0]), "eval_every": args.eval_every},
                   total_schedule_steps=total_steps, max_steps=max_steps,
                   wall_seconds_all=time.perf_counter() - started_all,
                   loadavg_end=os.getloadavg(), cpu_count=os.cpu_count())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

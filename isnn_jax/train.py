@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from isnn_jax import checkpoints, metadata
-from isnn_jax.config import ConfigError, check_config, default_config
+from isnn_jax.config import ConfigError, check_config
 from isnn_jax.data import DATASETS, load_split, to_float
 from isnn_jax.data.streams import load_streams, stream_count
 from isnn_jax.evaluate import evaluate_protection, format_report, plain_accuracy
@@ -71,26 +71,22 @@ def transform_spec(config: ml_collections.ConfigDict) -> TransformSpec:
                          distribution=lic.distribution)
 
 
-def hardening_of(config: ml_collections.ConfigDict) -> Hardening:
-    """The hardening the config asks for; a bad value is a ConfigError naming the field."""
-    hard = config.get("hardening") or default_config().hardening  # older configs have none
+def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Protection:
+    """The static description of the illegal views and their weights; a bad hardening value is
+    a ConfigError naming the field."""
+    obj, hard = config.objective, config.hardening
     try:
-        return Hardening(unlock=int(hard.unlock_perturbations), unlock_step=float(hard.unlock_step),
-                         estimate_observed=(int(hard.estimate_min), int(hard.estimate_max)))
+        hardening = Hardening(unlock=int(hard.unlock_perturbations),
+                              unlock_step=float(hard.unlock_step),
+                              estimate_observed=(int(hard.estimate_min), int(hard.estimate_max)))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Protection:
-    """The static description of the illegal views and their weights."""
-    obj = config.objective
-    hard = config.get("hardening") or default_config().hardening
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
                                "near": float(obj.w_near), "unlock": float(hard.w_unlock),
                                "estimate": float(hard.w_estimate)},
                       illegal_form=obj.illegal_form, temperature=float(obj.temperature),
-                      hardening=hardening_of(config))
+                      hardening=hardening)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

@@ -20,14 +20,14 @@ CONVS = ("auto", "xla", "im2col")
 
 
 def resolve_conv(name: str, conv: str, backend: str) -> str:
-    """`auto` is what measured fastest (docs/performance.md): im2col for the small CNN on a CPU
-    (1.27x), XLA's convolution for ResNet-18 (im2col was 0.82x there) and on accelerators."""
+    """`auto` is the convolution that measured fastest (docs/performance.md): each model class
+    names its own for the CPU (`CPU_CONV`); accelerators keep XLA's convolution."""
     if conv not in CONVS:
         raise ValueError(f"unknown model conv {conv!r}; choose one of {', '.join(CONVS)} "
                          "(config.model.conv)")
     if conv != "auto":
         return conv
-    return "im2col" if name == "small_cnn" and backend == "cpu" else "xla"
+    return MODELS[name].CPU_CONV if backend == "cpu" else "xla"
 
 
 # Config fields each model reads; the config holds the union, so a field another model reads is

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,6 +43,8 @@ class SmallCNN(nn.Module):
     input_offset: bool = False
     dtype: jnp.dtype = jnp.float32
     conv: str = "xla"  # xla (lax convolution) | im2col (patches x kernel matmul); same parameters
+
+    CPU_CONV: ClassVar[str] = "im2col"  # what `conv="auto"` takes on a CPU: 1.27x faster step
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:

@@ -26,7 +26,7 @@ def _conv_of_materialised_input(lhs: jax.Array, rhs: jax.Array, *args: Any, **kw
 Conv = functools.partial(nn.Conv, conv_general_dilated_cls=lambda: _conv_of_materialised_input)
 
 
-def _same_pads(size: int, window: int) -> tuple[int, int]:
+def _same_pads(window: int) -> tuple[int, int]:
     total = window - 1
     return total // 2, total - total // 2
 
@@ -56,7 +56,7 @@ def _im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: A
     if isinstance(padding, str):
         if padding not in ("SAME", "VALID"):
             raise ValueError(f"unsupported padding {padding!r}")
-        pads = ((_same_pads(h, kh), _same_pads(w, kw)) if padding == "SAME"
+        pads = ((_same_pads(kh), _same_pads(kw)) if padding == "SAME"
                 else ((0, 0), (0, 0)))
     else:
         pads = tuple(tuple(p) for p in padding)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,8 @@ class ResNet18(nn.Module):
     input_offset: bool = False  # learned per-pixel input offset, as in SmallCNN
     dtype: jnp.dtype = jnp.float32
     conv: str = "xla"  # xla | im2col: how stride-1 convolutions are computed (same parameters)
+
+    CPU_CONV: ClassVar[str] = "xla"  # im2col measured 0.82x here (9x patch memory)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
