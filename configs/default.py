@@ -1,10 +1,7 @@
-"""Embedded default: scikit-learn's digits (no download), small CNN, additive keyed pattern."""
+"""Embedded default: scikit-learn's digits (no download), small CNN, additive keyed pattern.
 
-import ml_collections
+Re-exports isnn_jax/configs/default.py: an installed isnn_jax finds that one from any
+directory as `--config default`; this file keeps `--config configs/default.py` working.
+"""
 
-from isnn_jax.config import default_config
-
-
-def get_config() -> ml_collections.ConfigDict:
-    """The default configuration (the same one `python -m isnn_jax.train` uses without --config)."""
-    return default_config()
+from isnn_jax.configs.default import get_config  # noqa: F401

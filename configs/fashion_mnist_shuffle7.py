@@ -1,20 +1,8 @@
 """Fashion-MNIST with the keyed block shuffle in 7x7 blocks, then the additive pattern.
 
-The strongest of the measured hardening options against thieves who fine-tune, average legal
-inputs or optimise an additive perturbation (docs/security.md); it does not stop a white-box
-thief who optimises the permutation itself (the permutation unlock recovered it from 6,000
-labelled images). Legal 88.60% (1.6 points below the default protection); legal inputs are
-visibly scrambled (PSNR about 11 dB against the clean image).
+Re-exports isnn_jax/configs/fashion_mnist_shuffle7.py: an installed isnn_jax finds that one from
+any directory as `--config fashion_mnist_shuffle7`; this file keeps
+`--config configs/fashion_mnist_shuffle7.py` working.
 """
 
-import ml_collections
-
-from configs import fashion_mnist
-
-
-def get_config() -> ml_collections.ConfigDict:
-    """The Fashion-MNIST config with the `shuffle_additive` transform in 7x7 blocks."""
-    config = fashion_mnist.get_config()
-    config.licence.kind = "shuffle_additive"
-    config.licence.block_size = 7
-    return config
+from isnn_jax.configs.fashion_mnist_shuffle7 import get_config  # noqa: F401

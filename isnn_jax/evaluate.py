@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isnn_jax.cli import ArgumentParser, command
 from isnn_jax.licence import Licence, TransformSpec, random_keys, stack_keys
 from isnn_jax.near_keys import near_licences
 from isnn_jax.transforms import apply_transform
@@ -193,20 +194,24 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Command line: evaluate a workdir's newest checkpoint and write JSON."""
+    """Command line: evaluate a workdir's newest checkpoint and write JSON (errors: isnn_jax.cli)."""
     from isnn_jax import api  # imported here: api imports this module
     from isnn_jax.checkpoints import CheckpointError
 
-    parser = argparse.ArgumentParser(prog="python -m isnn_jax.evaluate", description=__doc__)
+    parser = ArgumentParser(prog="python -m isnn_jax.evaluate", description=__doc__)
     parser.add_argument("--workdir", required=True, help="trained workdir (protected model)")
     parser.add_argument("--licence", required=True, help="the buyer's licence file")
     parser.add_argument("--baseline_workdir", help="workdir of the unprotected baseline")
-    parser.add_argument("--random_licences", type=int, default=1000)
+    parser.add_argument("--random_licences", type=int, default=1000,
+                        help="random licences whose accuracy is measured (default 1000)")
     parser.add_argument("--near_per_class", type=int, default=32,
                         help="near keys per edit class (0: every edit)")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--batch_size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=1234,
+                        help="seed of the random licences and the near-key choice")
+    parser.add_argument("--batch_size", type=int, default=1024,
+                        help="images per evaluation batch (lower it if memory runs out)")
     parser.add_argument("--out", help="JSON output (default: WORKDIR/evaluation.json)")
     args = parser.parse_args(argv)
     try:

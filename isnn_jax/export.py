@@ -1,6 +1,6 @@
 """Serving export of the bare model: serialised StableHLO (jax.export), without the licence.
 
-python -m isnn_jax.export --workdir DIR --out FILE.isnn
+python -m isnn_jax.export --workdir DIR --out FILE.isnn [--force]
 
 The file is a zip archive holding `model.jax_exported` (the function images -> logits with the
 parameters as constants, batch size symbolic, lowered for CPU, CUDA and TPU) and
@@ -12,7 +12,6 @@ applies the licence's transform first (`api.apply_licence(licence, images)`), ex
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -27,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from isnn_jax.cli import ArgumentParser, command
 
 FORMAT = "isnn-export/1"
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -143,20 +144,27 @@ def load_export(path: str | Path) -> ExportedModel:
     return ExportedModel(exported=exported, meta=meta, path=path)
 
 
+def check_new_output(path: str | Path, force: bool) -> None:
+    """Refuse to replace an existing output file unless --force asks for it (checked before any
+    work is done)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"--out {path} is a directory; name the export file to write")
+    if path.exists() and not force:
+        raise ExportError(f"{path} already exists; pass --force to replace it or choose another "
+                          "--out")
+
+
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Command line: export a workdir's newest checkpoint."""
-    parser = argparse.ArgumentParser(prog="python -m isnn_jax.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command line: export a workdir's newest checkpoint (errors: isnn_jax.cli)."""
+    parser = ArgumentParser(prog="python -m isnn_jax.export", description=__doc__)
     parser.add_argument("--workdir", required=True, help="trained workdir")
     parser.add_argument("--out", required=True, help="export file to write (e.g. model.isnn)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    from isnn_jax.checkpoints import CheckpointError
-
-    try:
-        meta = export_workdir(args.workdir, args.out)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_new_output(args.out, args.force)
+    meta = export_workdir(args.workdir, args.out)
     size = Path(args.out).stat().st_size
     print(json.dumps({"export": str(args.out), "bytes": size, "platforms": list(PLATFORMS),
                       **{k: meta[k] for k in ("image_shape", "num_classes", "licence_fingerprint",

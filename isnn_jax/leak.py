@@ -1,6 +1,7 @@
 """What a leaked copy may go through: magnitude pruning and light fine-tuning on clean data.
 
 python -m isnn_jax.leak --workdir DIR --out LEAKED.isnn [--prune 0.3] [--fine_tune_steps 100]
+    [--force]
 
 Used to check that tracing survives them (tests and docs/workflow.md). The result is written
 as an export whose metadata keeps only the image shape and classes: a leaked copy carries no
@@ -9,7 +10,6 @@ licence fingerprint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from isnn_jax.cli import ArgumentParser, command
 from isnn_jax.licence import Licence
 from isnn_jax.transforms import apply_transform
 
@@ -69,45 +70,42 @@ def fine_tune(module: nn.Module, params: Any, images: np.ndarray, labels: np.nda
     return state[0]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Command line: write a pruned and/or fine-tuned copy of a workdir's model as an export."""
-    parser = argparse.ArgumentParser(prog="python -m isnn_jax.leak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True)
+    parser = ArgumentParser(prog="python -m isnn_jax.leak", description=__doc__)
+    parser.add_argument("--workdir", required=True, help="trained workdir whose model leaks")
     parser.add_argument("--out", required=True, help="export file to write")
-    parser.add_argument("--prune", type=float, default=0.0, help="fraction of each kernel to zero")
-    parser.add_argument("--fine_tune_steps", type=int, default=0)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--prune", type=float, default=0.0,
+                        help="fraction of each kernel to zero, smallest magnitudes first")
+    parser.add_argument("--fine_tune_steps", type=int, default=0,
+                        help="Adam steps of fine-tuning after loading (0: none)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3,
+                        help="learning rate of the fine-tuning (default 1e-3)")
     parser.add_argument("--fine_tune_images", type=int, default=5000,
                         help="clean training images the fine-tuning draws from")
     parser.add_argument("--licence", help="fine-tune on legal images of this licence (a buyer "
                                           "adapting the model) instead of clean ones (a thief)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning batches")
     args = parser.parse_args(argv)
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
     from isnn_jax import api
-    from isnn_jax.checkpoints import CheckpointError
     from isnn_jax.data import load_split, to_float
-    from isnn_jax.export import export_bytes, write_atomic
+    from isnn_jax.export import check_new_output, export_bytes, write_atomic
 
-    try:
-        model = api.load_protected(args.workdir)
-        params = model.params
-        if args.fine_tune_steps:
-            images, labels = load_split(model.meta["dataset"], "train")
-            images, labels = to_float(images[:args.fine_tune_images]), labels[:args.fine_tune_images]
-            licence = Licence.load(args.licence) if args.licence else None
-            params = fine_tune(model.module, params, images, labels.astype(np.int32),
-                               steps=args.fine_tune_steps, learning_rate=args.learning_rate,
-                               seed=args.seed, licence=licence)
-        params = prune(params, args.prune)
-        meta = {name: model.meta.get(name) for name in KEPT_FIELDS}
-        write_atomic(args.out, export_bytes(model.module, params, model.image_shape, meta))
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_new_output(args.out, args.force)
+    model = api.load_protected(args.workdir)
+    params = model.params
+    if args.fine_tune_steps:
+        images, labels = load_split(model.meta["dataset"], "train")
+        images, labels = to_float(images[:args.fine_tune_images]), labels[:args.fine_tune_images]
+        licence = Licence.load(args.licence) if args.licence else None
+        params = fine_tune(model.module, params, images, labels.astype(np.int32),
+                           steps=args.fine_tune_steps, learning_rate=args.learning_rate,
+                           seed=args.seed, licence=licence)
+    params = prune(params, args.prune)
+    meta = {name: model.meta.get(name) for name in KEPT_FIELDS}
+    write_atomic(args.out, export_bytes(model.module, params, model.image_shape, meta))
     print(json.dumps({"leaked_copy": args.out, "pruned_fraction": args.prune,
                       "fine_tune_steps": args.fine_tune_steps,
                       "fine_tuned_on": "legal images" if args.licence else "clean images"},

@@ -198,7 +198,9 @@ class Licence:
         try:
             record = json.loads(text)
         except json.JSONDecodeError as err:
-            raise LicenceError(f"{source} is not valid JSON ({err.msg}); is it a licence file?") from None
+            # Position only: the text itself (which holds the secret) is never quoted.
+            raise LicenceError(f"{source} is not valid JSON ({err.msg}: line {err.lineno} column "
+                               f"{err.colno}); is it a complete licence file?") from None
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise LicenceError(f"{source} is not an {FORMAT} licence file (missing or wrong 'format')")
         for field in ("copyright", "transform", "secret", "fingerprint"):

@@ -17,12 +17,12 @@ import json
 import sys
 from typing import Any
 
+from isnn_jax.cli import ArgumentParser, command
 from isnn_jax.licence import Licence, LicenceError, TransformSpec
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = TransformSpec()
     issue = sub.add_parser("issue", help="issue a new licence into a new file (mode 0600)")
@@ -129,15 +129,10 @@ def _run(args: argparse.Namespace) -> str:
                       ensure_ascii=False)
 
 
+@command
 def main(argv: list[str] | None = None, prog: str = "python -m isnn_jax.licence") -> int:
-    """Run one licence or registry command; errors go to stderr with exit status 2."""
-    args = _parser(prog).parse_args(argv)
-    try:
-        output = _run(args)
-    except (LicenceError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(output)
+    """Run one licence or registry command; errors: one `error:` line, exit 2 (isnn_jax.cli)."""
+    print(_run(_parser(prog).parse_args(argv)))
     return 0
 
 

@@ -10,7 +10,6 @@ image (input, class index, class name, probability), or JSON with --json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from isnn_jax.bare_model import BareModel, batched, from_export, from_workdir, keyed_probabilities
+from isnn_jax.cli import ArgumentParser, command
 from isnn_jax.images import read_inputs
 from isnn_jax.licence import Licence, LicenceError
 
@@ -55,34 +55,29 @@ def predictions(names: Sequence[str], probabilities: np.ndarray,
     return records
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Command line: print the predicted class of every input."""
-    parser = argparse.ArgumentParser(prog="python -m isnn_jax.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command line: print the predicted class of every input (errors: isnn_jax.cli)."""
+    parser = ArgumentParser(prog="python -m isnn_jax.predict", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="trained workdir (newest checkpoint)")
     source.add_argument("--export", help="export file from python -m isnn_jax.export")
     parser.add_argument("--licence", required=True, help="the buyer's licence file")
     parser.add_argument("inputs", nargs="+", help="PNG/JPEG files, directories, .npy arrays")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=256,
+                        help="images per jitted batch (default 256)")
     parser.add_argument("--no-resize", dest="resize", action="store_false",
                         help="refuse image files of another size instead of resizing them")
     parser.add_argument("--convert", action="store_true",
                         help="convert RGB to grey (or grey to RGB) and composite transparency")
     args = parser.parse_args(argv)
-    from isnn_jax.checkpoints import CheckpointError
-
-    try:
-        licence = Licence.load(args.licence)
-        model = from_workdir(args.workdir) if args.workdir else from_export(args.export)
-        check_licence_for(model, licence)  # before reading a possibly large set of images
-        images, names = read_inputs(args.inputs, model.image_shape, resize=args.resize,
-                                    convert=args.convert)
-        probabilities = predict_probabilities(model, licence, images, args.batch_size)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    licence = Licence.load(args.licence)
+    model = from_workdir(args.workdir) if args.workdir else from_export(args.export)
+    check_licence_for(model, licence)  # before reading a possibly large set of images
+    images, names = read_inputs(args.inputs, model.image_shape, resize=args.resize,
+                                convert=args.convert)
+    probabilities = predict_probabilities(model, licence, images, args.batch_size)
     records = predictions(names, probabilities, model.meta.get("class_names"))
     if args.json:
         print(json.dumps({"model": str(args.workdir or args.export),

@@ -1,16 +1,17 @@
 """Protect a model for one buyer: train for the buyer's registered licence, record the model.
 
-python -m isnn_jax.protect --registry DIR --buyer NAME --workdir DIR \
+python -m isnn_jax.protect --registry DIR --buyer NAME --workdir DIR
     [--config configs/fashion_mnist.py] [--config.train.epochs=3 ...]
 
 The licence comes from the seller's registry (it never needs to exist as a file on the training
 machine); the transform fields of the config are taken from the licence. After training, the
 model fingerprint (SHA-256 of the parameters) is recorded in the registry next to the licence.
+Exit codes as python -m isnn_jax.train: 0 done, 2 bad input (one `error:` line), 75 preempted
+after saving a checkpoint (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,48 +68,37 @@ def protect_for_buyer(registry_dir: str | Path, buyer: str, config: ml_collectio
     return report
 
 
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
-    from isnn_jax import config as embedded
-
-    config_flags.DEFINE_config_file(
-        "config", embedded.__file__,
-        "Python config file with get_config() (default: the embedded digits config)",
-        lock_config=True)
-    flags.DEFINE_string("registry", None, "the seller's licence registry directory")
-    flags.DEFINE_string("buyer", None, "the buyer whose licence the model is trained for")
-    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and metadata")
-    flags.mark_flags_as_required(["registry", "buyer", "workdir"])
+def _define_flags(parser: Any) -> None:
+    """The flags of `python -m isnn_jax.protect` besides --config (isnn_jax.cli adds that one)."""
+    parser.add_argument("--registry", required=True, help="the seller's licence registry directory")
+    parser.add_argument("--buyer", required=True,
+                        help="the buyer whose registered licence the model is trained for")
+    parser.add_argument("--workdir", required=True,
+                        help="directory for checkpoints, metrics and metadata (resumed if it "
+                             "holds a checkpoint)")
 
 
-def main(argv: list[str]) -> None:
-    """absl entry point: train for the buyer's licence, print the evaluation and the fingerprint."""
-    from absl import flags
-
-    from isnn_jax.checkpoints import CheckpointError
+def _run(args: Any, config: ml_collections.ConfigDict) -> str:
+    """Train for the buyer's licence and record the model; the summary lines to print."""
     from isnn_jax.evaluate import format_report
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
-    logging.getLogger("isnn_jax").setLevel(logging.INFO)
-    flags_ = flags.FLAGS
-    try:
-        report = protect_for_buyer(flags_.registry, flags_.buyer, flags_.config, flags_.workdir)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    report = protect_for_buyer(args.registry, args.buyer, config, args.workdir)
     if report.get("stopped_early"):
-        print(f"stopped at step {report['step']}; rerun to resume (nothing recorded yet)")
-        return
-    print(format_report(report))
-    print(f"recorded model {report['model_fingerprint'][:16]} for buyer {flags_.buyer!r} in "
-          f"{flags_.registry}")
+        return f"stopped at step {report['step']}; rerun to resume (nothing recorded yet)"
+    return (f"{format_report(report)}\nrecorded model {report['model_fingerprint'][:16]} for "
+            f"buyer {args.buyer!r} in {args.registry}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: train for the buyer's licence, print the evaluation and the fingerprint;
+    the same path, flags, config handling and exit codes (0, 2, 75) as python -m isnn_jax.train."""
+    from isnn_jax.cli import training_main
+
+    return training_main(argv, prog="python -m isnn_jax.protect", description=__doc__,
+                         add_arguments=_define_flags, run=_run)
 
 
 if __name__ == "__main__":
-    from absl import app
+    from isnn_jax.protect import main as _main  # the imported module's classes, not __main__'s
 
-    _define_flags()
-    app.run(main)
+    sys.exit(_main())

@@ -1,7 +1,9 @@
 """Train a protected (or, with protect=False, an unprotected baseline) classifier.
 
-python -m isnn_jax.train --workdir DIR [--config configs/fashion_mnist.py] \
+python -m isnn_jax.train --workdir DIR [--config configs/fashion_mnist.py]
     (--licence FILE | --issue_licence NEW_FILE) [--config.train.epochs=3 ...]
+
+--config also takes a packaged config by name (`--config fashion_mnist`), from any directory.
 
 Exit codes: 0 done, 2 bad input (one `error:` line with the fix), 75 preempted by SIGTERM/SIGINT
 after saving a checkpoint at the current step (rerun the same command to resume).
@@ -269,10 +271,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     writer = MetricWriter(workdir, enabled=is_main)
     log_every = max(1, int(config.train.log_every_steps))
     ckpt_every = max(1, int(config.train.checkpoint_every_steps))
-    if is_main:
-        log.info("training %s on %s: %d steps (%d epochs x %d), global batch %d on %d devices",
+    if is_main and step >= total_steps:
+        log.info("%s is already trained (step %d of %d); nothing to train, evaluating it again",
+                 workdir, step, total_steps)
+    elif is_main:
+        log.info("training %s on %s: %d steps (%d epochs x %d), global batch %d on %d device%s",
                  "protected model" if licence else "unprotected baseline", config.data.name,
-                 total_steps, int(config.train.epochs), per_epoch, batch_size, mesh.devices.size)
+                 total_steps, int(config.train.epochs), per_epoch, batch_size, mesh.devices.size,
+                 "" if mesh.devices.size == 1 else "s")
     stop_at = int(config.train.stop_after_steps) or total_steps
     pending: tuple[int, dict] | None = None
     last_time, last_step = time.perf_counter(), step
@@ -315,6 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     images = to_float(test_images)
     labels = test_labels.astype(np.int32)
     params = host_copy(runner.canonical(state).params)
+    if is_main:
+        log.info("evaluating on %d test images ...", images.shape[0])
     if licence is not None:
         report = evaluate_protection(model, params, licence, images, labels,
                                      random_licences=int(config.eval.random_licences),
@@ -364,127 +372,43 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _resolve_licence(flags: Any, config: ml_collections.ConfigDict, workdir: Path) -> Licence | None:
-    if not config.protect:
-        return None
-    if flags.licence and flags.issue_licence:
-        raise LicenceError("pass either --licence (existing file) or --issue_licence (new file)")
-    if flags.licence:
-        return Licence.load(flags.licence)
-    if not flags.issue_licence:
-        raise LicenceError("a protected run needs --licence FILE (existing) or --issue_licence "
-                           "NEW_FILE (issue a new licence there); keep it outside the workdir")
-    if jax.process_count() > 1:
-        raise LicenceError("--issue_licence cannot be used by several processes; issue the licence "
-                           "once (python -m isnn_jax.licence ISSUE ...) or in a one-process run, "
-                           "copy it to every worker and pass --licence FILE")
-    path = Path(flags.issue_licence).absolute()
-    if (workdir.absolute() / checkpoints.CHECKPOINT_DIR) in path.parents:
-        raise LicenceError("refusing to issue a licence inside the workdir's checkpoints; "
-                           "choose a path outside WORKDIR/checkpoints")
-    licence = Licence.issue(config.licence.copyright, transform_spec(config))
-    licence.save(path)
-    log.info("issued licence %s into %s (mode 0600)", licence.fingerprint(), path)
-    return licence
+def _define_flags(parser: Any) -> None:
+    """The flags of `python -m isnn_jax.train` besides --config (isnn_jax.cli adds that one)."""
+    parser.add_argument("--workdir", required=True,
+                        help="directory for checkpoints, metrics and metadata (resumed if it "
+                             "holds a checkpoint)")
+    parser.add_argument("--licence", help="an existing licence file (JSON, mode 0600)")
+    parser.add_argument("--issue_licence", metavar="NEW_FILE",
+                        help="issue a new licence into this new file (outside the workdir)")
 
 
-def main(argv: list[str]) -> None:
-    """absl entry point: parse --config/--workdir/--licence and run `train_and_evaluate`."""
-    from absl import app, flags  # noqa: F401  (flags are defined in _define_flags)
+def _run(args: Any, config: ml_collections.ConfigDict) -> str:
+    """Resolve the licence, train and evaluate; the summary lines to print."""
+    from isnn_jax.cli import resolve_licence
 
-    flags_ = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Libraries (Orbax, TFDS) log every file operation at INFO; only this package's progress and
-    # other libraries' warnings reach the terminal.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
-    config = flags_.config
-    workdir = Path(flags_.workdir)
-    try:
-        initialize_distributed(config)
-        log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-        licence = _resolve_licence(flags_, config, workdir)
-        report = train_and_evaluate(config, workdir, licence)
-    except TrainingPreempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
-    except (ValueError, FileNotFoundError, NonFiniteLossError, checkpoints.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    if jax.process_index() == 0:
-        if "legal_accuracy" in report:
-            print(format_report(report))
-        else:
-            print(f"unprotected baseline accuracy {report['clean_accuracy']:.2%}")
-        print(f"workdir: {workdir}  (evaluation: {workdir / 'final_evaluation.json'})")
+    workdir = Path(args.workdir)
+    licence = resolve_licence(config, workdir, args.licence, args.issue_licence)
+    report = train_and_evaluate(config, workdir, licence)
+    if report.get("stopped_early"):
+        return f"stopped at step {report['step']} as asked; rerun the same command to resume"
+    if "legal_accuracy" in report:
+        summary = format_report(report)
+    else:
+        summary = f"unprotected baseline accuracy {report['clean_accuracy']:.2%}"
+    return f"{summary}\nworkdir: {workdir}  (evaluation: {workdir / 'final_evaluation.json'})"
 
 
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
+def main(argv: list[str] | None = None) -> int:
+    """Command line: train and evaluate; exit 0 done, 2 bad input, 75 preempted (isnn_jax.cli)."""
+    from isnn_jax.cli import training_main
 
-    from isnn_jax import config as embedded
-
-    config_flags.DEFINE_config_file(
-        "config", embedded.__file__,
-        "Python config file with get_config() (default: the embedded digits config)",
-        lock_config=True)
-    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and metadata")
-    flags.DEFINE_string("licence", None, "an existing licence file (JSON, mode 0600)")
-    flags.DEFINE_string("issue_licence", None, "issue a new licence into this new file")
-    flags.mark_flags_as_required(["workdir"])
-
-
-def _unknown_override(argv: list[str]) -> str | None:
-    """Name the first --config.a.b=... override whose field does not exist, with a suggestion."""
-    import difflib
-    import importlib.util
-
-    from isnn_jax import config as embedded
-
-    path = embedded.__file__
-    for arg, following in zip(argv[1:], argv[2:] + [""]):
-        if arg.startswith("--config=") and len(arg) > 9:
-            path = arg.split("=", 1)[1]
-        elif arg == "--config" and following:
-            path = following
-    spec = importlib.util.spec_from_file_location("_isnn_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for arg in argv[1:]:
-        if not arg.startswith("--config."):
-            continue
-        node, walked = config, "config"
-        for name in arg[len("--config."):].split("=", 1)[0].split("."):
-            if not hasattr(node, "keys") or name not in node:
-                options = list(node.keys()) if hasattr(node, "keys") else []
-                close = difflib.get_close_matches(name, options, n=1)
-                hint = f"; did you mean {walked}.{close[0]}?" if close else ""
-                return f"unknown config field {walked}.{name}{hint}"
-            node, walked = node[name], f"{walked}.{name}"
-    return None
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with an unknown config field reported as one clear line."""
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError):
-        message = _unknown_override(argv) or "invalid --config override"
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    return training_main(argv, prog="python -m isnn_jax.train", description=__doc__,
+                         add_arguments=_define_flags, run=_run)
 
 
 if __name__ == "__main__":
-    from absl import app
+    # Run the imported module, not this __main__ copy, so that every error class is the one
+    # isnn_jax.train defines (the shared error mapping knows those).
+    from isnn_jax.train import main as _main
 
-    try:  # config_flags reads --config.* overrides from sys.argv while defining the flag
-        _define_flags()
-    except (AttributeError, KeyError):
-        print(f"error: {_unknown_override(sys.argv) or 'invalid --config override'}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main, flags_parser=_parse_flags)
+    sys.exit(_main())

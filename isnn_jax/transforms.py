@@ -20,10 +20,17 @@ _SHUFFLE_STREAM = 1
 def check_images(images: jax.Array, spec: TransformSpec | None = None) -> None:
     """Fail early, with the fix, on arrays the transforms cannot take (shape checks only)."""
     if images.ndim != 4:
-        raise ValueError(
-            f"images must be NHWC with 4 dimensions, got shape {tuple(images.shape)}; "
-            "add a batch dimension with images[None] for a single image"
-        )
+        shape = tuple(images.shape)
+        if images.ndim == 3 and shape[-1] in (1, 3):  # one HWC image
+            fix = "for a single HWC image add a batch axis with images[None]"
+        elif images.ndim == 3:  # a batch of one-channel images without their channel axis
+            fix = ("for a batch of one-channel images add the channel axis with images[..., None] "
+                   "(a single HWC image takes images[None])")
+        elif images.ndim == 2:
+            fix = "for a single one-channel image add both axes with images[None, ..., None]"
+        else:
+            fix = "pass a batch of images as (batch, height, width, channels)"
+        raise ValueError(f"images must be NHWC with 4 dimensions, got shape {shape}; {fix}")
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise ValueError(
             f"images must be floating point in [0, 1], got dtype {images.dtype}; "

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from isnn_jax.black_box import Classifier, as_labels
+from isnn_jax.cli import ArgumentParser, command
 from isnn_jax.licence import Licence, TransformSpec, random_keys
 from isnn_jax.stats import binomial_test, format_p
 from isnn_jax.transforms import apply_transform
@@ -158,13 +159,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                           "JSON list of class indices (e.g. 'python -m "
                                           "isnn_jax.serve model.isnn')")
     parser.add_argument("--dataset", help="verification dataset (default: the model's)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--num_images", type=int, default=1000)
+    parser.add_argument("--split", default="test", help="split of --dataset to draw from "
+                                                        "(default: test)")
+    parser.add_argument("--num_images", type=int, default=1000,
+                        help="verification images drawn from the split (default 1000)")
     parser.add_argument("--data", help="verification set .npz with 'images' and 'labels' instead")
     parser.add_argument("--data_dir", help="TFDS data directory")
-    parser.add_argument("--random_licences", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    parser.add_argument("--random_licences", type=int, default=100,
+                        help="random licences the claimed one is compared with (default 100)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the image draw and the random licences")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"significance level of the test (default {DEFAULT_ALPHA:g})")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -194,16 +200,16 @@ def resolve_data(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[np.nda
 
 
 def quiet_libraries() -> None:
-    """Keep Orbax's informational absl warnings off the terminal of a command-line tool."""
-    import logging
+    """Keep Orbax's read-only notices off the terminal; other warnings still show (isnn_jax.cli)."""
+    from isnn_jax.cli import quiet_libraries as quiet
 
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    quiet()
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Command line: exit 0 when verified, 1 when not, 2 on an error."""
-    parser = argparse.ArgumentParser(prog="python -m isnn_jax.verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command line: exit 0 when verified, 1 when not, 2 on an error (isnn_jax.cli)."""
+    parser = ArgumentParser(prog="python -m isnn_jax.verify", description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--licence", required=True, help="the licence whose ownership is claimed")
     args = parser.parse_args(argv)

@@ -1,0 +1,18 @@
+"""Fashion-MNIST from the Debian package's IDX files, small CNN (docs/results.md has its numbers)."""
+
+import ml_collections
+
+from isnn_jax.configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Fashion-MNIST variant of the default configuration."""
+    config = default.get_config()
+    config.data.name = "fashion_mnist_idx"
+    config.model.features = (16, 32)
+    config.train.epochs = 5
+    config.train.learning_rate = 2e-3
+    config.train.checkpoint_every_steps = 500
+    config.train.log_every_steps = 100
+    config.eval.near_per_class = 0  # every near licence: all 256 secret bit flips, every edit
+    return config
