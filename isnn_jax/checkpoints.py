@@ -3,13 +3,17 @@
 Items are saved separately (`params`, `opt_state`, `step`) so that inference restores the
 parameters alone. The `step` item also records a SHA-256 digest of the parameters and of the
 optimiser state: Orbax restores silently garbled array bytes, so the digest is what detects them.
-An unusable newest checkpoint is reported and set aside, and the previous good one is used.
-Keys are never part of the state, so no checkpoint holds key material.
+A newest checkpoint that fails its integrity check (a digest mismatch; a truncated, missing or
+undecodable file) is reported and set aside, and the previous good one is used. Any other restore
+failure (a transient storage error, a checkpoint that does not fit the config's model) is a named
+error that changes nothing on disk. Keys are never part of the state, so no checkpoint holds key
+material.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,11 +35,69 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected; the message names each failure and the fix."""
 
 
+class CheckpointUnavailableError(CheckpointError):
+    """A checkpoint could not be read for a reason other than damage (I/O, permissions); nothing
+    on disk was changed, so a rerun after a transient failure resumes normally."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint is intact but does not fit the state the config builds (another model or
+    optimiser); nothing on disk was changed."""
+
+
+# TensorStore's status codes for a file that is missing, shorter than recorded, or undecodable.
+_DAMAGE_STATUSES = ("DATA_LOSS:", "OUT_OF_RANGE:", "NOT_FOUND:")
+# Orbax's messages for an intact checkpoint whose tree or shapes differ from the target's.
+_MISMATCH_MARKERS = ("tree structures do not match", "is not compatible with the stored shape")
+
+
+def failure_kind(err: BaseException) -> str:
+    """A restore failure's kind: "damaged" (failed integrity check: may be set aside),
+    "mismatch" (intact, but not this state's tree or shapes) or "unavailable" (anything else).
+
+    Only positive evidence of damage counts as damage; anything unrecognised is "unavailable",
+    so an unexpected error never costs a checkpoint.
+    """
+    if type(err) is CheckpointError:  # raised by the digest and step-record checks below
+        return "damaged"
+    if isinstance(err, (json.JSONDecodeError, FileNotFoundError, NotADirectoryError)):
+        return "damaged"
+    text = str(err)
+    if isinstance(err, KeyError) and "was not found in the checkpoint" in text:
+        return "damaged"  # a committed step without one of its items
+    if isinstance(err, ValueError) and not isinstance(err, json.JSONDecodeError):
+        if text.lstrip().startswith(_DAMAGE_STATUSES):
+            return "damaged"
+        if any(marker in text for marker in _MISMATCH_MARKERS):
+            return "mismatch"
+    return "unavailable"
+
+
+def _not_damage(err: BaseException, step: int, directory: str) -> CheckpointError:
+    """The named error for a restore failure that is not damage; the checkpoint stays as it is."""
+    if failure_kind(err) == "mismatch":
+        return CheckpointMismatchError(
+            f"the checkpoint at step {step} in {directory} does not fit the state this config "
+            f"builds ({_short(err)}); nothing was changed on disk. Resume with the config the run "
+            "was trained with, or train the new config in a new --workdir")
+    return CheckpointUnavailableError(
+        f"could not read the checkpoint at step {step} in {directory} ({_short(err)}); this is "
+        "not a failed integrity check, so nothing was changed on disk. If the storage failed "
+        "transiently, rerun the same command; otherwise fix the cause (permissions, credentials, "
+        "the network)")
+
+
 def checkpoint_dir(workdir: str | Path, directory: str = "") -> str:
     """Where checkpoints go: `directory` if given (a local path or a gs:// URL), else WORKDIR/checkpoints."""
     if directory:
         return directory if "://" in directory else str(Path(directory).absolute())
     return str(Path(workdir).absolute() / CHECKPOINT_DIR)
+
+
+def has_checkpoint(directory: str) -> bool:
+    """Whether `directory` holds a step directory (temporary and set-aside ones do not count)."""
+    path = epath.Path(directory)
+    return path.is_dir() and any(child.name.isdigit() for child in path.iterdir())
 
 
 def manager(directory: str, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -122,8 +184,9 @@ def _set_aside(directory: str, steps: list[int]) -> list[str]:
 def restore_latest_state(mngr: ocp.CheckpointManager, target: TrainState) -> TrainState | None:
     """The newest usable state laid out like `target`, or None when there is no checkpoint.
 
-    Unusable newer checkpoints are reported and set aside; if none is usable this raises
-    CheckpointError rather than silently starting from scratch.
+    Newer checkpoints that fail their integrity check are reported and set aside; if none is
+    usable this raises CheckpointError rather than silently starting from scratch. Any other
+    failure raises CheckpointUnavailableError or CheckpointMismatchError and renames nothing.
     """
     directory = str(mngr.directory)
     failures: list[tuple[int, str]] = []
@@ -131,6 +194,8 @@ def restore_latest_state(mngr: ocp.CheckpointManager, target: TrainState) -> Tra
         try:
             state = _restore_state_at(mngr, target, step)
         except Exception as err:  # Orbax and TensorStore raise many types for damaged files
+            if failure_kind(err) != "damaged":
+                raise _not_damage(err, step, directory) from err
             failures.append((step, _short(err)))
             log.warning("checkpoint at step %d in %s is unusable (%s); trying the previous one",
                         step, directory, _short(err))
@@ -170,6 +235,8 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
                     params=ocp.args.StandardRestore(target), step=ocp.args.JsonRestore()))
                 _verify("params", restored["params"], restored["step"])
             except Exception as err:  # Orbax and TensorStore raise many types for damaged files
+                if failure_kind(err) != "damaged":
+                    raise _not_damage(err, candidate, directory) from err
                 failures.append(f"step {candidate}: {_short(err)}")
                 log.warning("checkpoint at step %d in %s is unusable (%s)", candidate, directory,
                             _short(err))

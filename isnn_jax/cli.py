@@ -369,11 +369,10 @@ def parse_with_config(parser: argparse.ArgumentParser,
 def resolve_licence(config: ml_collections.ConfigDict, workdir: Path, licence_file: str | None,
                     issue_file: str | None) -> Any:
     """The Licence of a training run: --licence FILE, or a new one issued into --issue_licence
-    NEW_FILE (one process only, never inside the checkpoints); None for an unprotected run."""
+    NEW_FILE (one process only, never inside the workdir); None for an unprotected run."""
     import jax
 
-    from isnn_jax import checkpoints
-    from isnn_jax.licence import Licence, LicenceError
+    from isnn_jax.licence import Licence, LicenceError, check_licence_outside
     from isnn_jax.train import transform_spec
 
     if not config.protect:
@@ -390,9 +389,7 @@ def resolve_licence(config: ml_collections.ConfigDict, workdir: Path, licence_fi
                            "once (python -m isnn_jax.licence ISSUE ...) or in a one-process run, "
                            "copy it to every worker and pass --licence FILE")
     path = Path(issue_file).absolute()
-    if (workdir.absolute() / checkpoints.CHECKPOINT_DIR) in path.parents:
-        raise LicenceError("refusing to issue a licence inside the workdir's checkpoints; "
-                           "choose a path outside WORKDIR/checkpoints")
+    check_licence_outside(workdir, path)
     licence = Licence.issue(config.licence.copyright, transform_spec(config))
     licence.save(path)
     log.info("issued licence %s into %s (mode 0600)", licence.fingerprint(), path)

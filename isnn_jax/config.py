@@ -67,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     config.train.checkpoint_dir = ""  # "" = WORKDIR/checkpoints; may be a gs:// bucket path
     config.train.stop_after_steps = 0  # >0: save and stop at this step (the run resumes later)
+    config.train.allow_changed_config = False  # True: resume although the config changed
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1024

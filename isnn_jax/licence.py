@@ -261,6 +261,16 @@ def stack_keys(licences: list[Licence]) -> jax.Array:
     return jax.random.wrap_key_data(words, impl=PRNG_IMPL)
 
 
+def check_licence_outside(workdir: str | Path, path: str | Path) -> None:
+    """Refuse a licence file at or under `workdir` (symbolic links resolved): everything a workdir
+    holds (checkpoints, metrics, exports) is meant to be copied and shared, the secret is not."""
+    root, target = Path(workdir).resolve(), Path(path).resolve()
+    if target == root or root in target.parents:
+        raise LicenceError(f"refusing to put the licence {path} inside the workdir {workdir}: "
+                           "what a workdir holds is meant to be shared, the licence is not; "
+                           "keep it outside the workdir")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m isnn_jax.licence`: issue, show, list, revoke, import licences (isnn_jax.licence_cli)."""
     from isnn_jax.licence_cli import main as cli_main

@@ -2,7 +2,7 @@
 
 loss = CE(legal) + w_clean * I(clean) + w_wrong * I(random keys) + w_near * I(near keys)
 
-`I` is an illegal-input loss. Two forms:
+`I` is an illegal-input loss, one of five forms (ILLEGAL_FORMS; compared in docs/decisions.md):
 * "uniform": KL(uniform || p), pushes the output distribution to uniform (no class is favoured,
   so the true class cannot be read off the output either);
 * "suppress": -log(1 - p_true), pushes the true-class probability to zero (the argmin of the
@@ -14,7 +14,8 @@ loss = CE(legal) + w_clean * I(clean) + w_wrong * I(random keys) + w_near * I(ne
   image's output names the truth 85% of the time (docs/results.md); kept to show that;
 * "uniform_constant": the uniform term plus the batch variance of the centred logits, so every
   illegal input gets the same (flat) output: an output that does not depend on the input
-  cannot tell a thief anything about its label, by argmax, argmin or any other rank.
+  cannot tell a thief anything about its label, by argmax, argmin or any other rank (the default);
+* "constant": the batch variance term alone, without the uniform term (kept as an option).
 """
 
 from __future__ import annotations

@@ -140,6 +140,35 @@ def _check_workdir_licence(workdir: Path, licence: Licence | None) -> None:
         )
 
 
+def _check_resume_config(workdir: Path, config: ml_collections.ConfigDict,
+                         directory: str) -> list[dict[str, Any]]:
+    """Refuse to resume the checkpoints in `directory` with a config that changes the run (its
+    schedule, data order or model) unless train.allow_changed_config; returns the workdir's
+    record of accepted changes, this one (if any) last without its step."""
+    from isnn_jax.config import default_config
+
+    path = workdir / metadata.METADATA_FILE
+    if not path.exists() or not checkpoints.has_checkpoint(directory):
+        return []  # nothing to resume: a new run
+    record = metadata.read(workdir)
+    history = list(record.get("config_changes", []))
+    if "config" not in record:
+        return history
+    changes = metadata.config_changes(record["config"], config.to_dict(),
+                                      default_config().to_dict())
+    if not changes:
+        return history
+    listed = metadata.describe_changes(changes)
+    if not config.train.allow_changed_config:
+        raise ConfigError(
+            f"{workdir} holds checkpoints of a run with another config: {listed}. Resuming would "
+            "silently change its learning-rate schedule, data order or model. Use a new "
+            "--workdir, or restore those values, or pass --config.train.allow_changed_config=True "
+            "if the change is intended")
+    log.warning("resuming with a changed config, as train.allow_changed_config allows: %s", listed)
+    return history + [{"fields": {name: list(pair) for name, pair in changes.items()}}]
+
+
 def _format_progress(step: int, total: int, metrics: dict[str, float], rate: float,
                      per_epoch: int) -> str:
     parts = [f"step {step}/{total} (epoch {step / per_epoch:.2f})", f"loss {metrics['loss']:.4f}"]
@@ -215,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     stream_count(int(config.data.streams), batch_size, jax.process_count())
     check_workdir_writable(workdir)
     _check_workdir_licence(workdir, licence)
+    ckpt_dir = checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir)
+    config_changes = _check_resume_config(workdir, config, ckpt_dir)
 
     data_kwargs = {"data_dir": config.data.data_dir or None,
                    "source_dir": config.data.source_dir or None}
@@ -243,8 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     repl = replicated(mesh)
     state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape, protection),
                     out_shardings=repl)(init_rng)
-    mngr = checkpoints.manager(checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir),
-                               int(config.train.keep_checkpoints))
+    mngr = checkpoints.manager(ckpt_dir, int(config.train.keep_checkpoints))
     try:
         restored = checkpoints.restore_latest_state(mngr, state)
     except checkpoints.CheckpointError:
@@ -254,8 +284,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         state = restored
         if is_main:
             log.info("resumed from checkpoint at step %d", int(host_copy(state.step)))
+    resumed_at = int(host_copy(state.step))
+    if config_changes and "at_step" not in config_changes[-1]:
+        config_changes[-1] = {"at_step": resumed_at, **config_changes[-1]}
     if is_main:
-        metadata.write(workdir, _metadata_record(config, licence))
+        metadata.write(workdir, {**_metadata_record(config, licence),
+                                 "config_changes": config_changes})
 
     keys: dict[str, jax.Array] = {}
     if licence is not None:
@@ -268,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     step = int(host_copy(state.step))
     state = runner.place(state)
 
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, resume_step=resumed_at)
     log_every = max(1, int(config.train.log_every_steps))
     ckpt_every = max(1, int(config.train.checkpoint_every_steps))
     if is_main and step >= total_steps:
