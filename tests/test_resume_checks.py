@@ -143,9 +143,14 @@ def test_changed_batch_size_is_refused_naming_the_field_unless_intended(workdir,
 def test_config_changes_lists_only_fields_that_change_the_run():
     from isnn_jax.config import default_config
 
-    old = default_config().to_dict()
+    def base():
+        config = default_config()  # with fixed values, whatever the embedded default's are
+        config.seed, config.model.features, config.licence.kind = 0, (32, 64), "additive"
+        return config
+
+    old = base().to_dict()
     del old["train"]["allow_changed_config"]  # a workdir written before the field existed
-    new = default_config()
+    new = base()
     new.train.stop_after_steps, new.train.checkpoint_every_steps = 7, 3
     new.eval.random_licences, new.data.data_dir, new.parallelism = 5, "/elsewhere", "pmap"
     assert metadata.config_changes(old, new.to_dict(), default_config().to_dict()) == {}
