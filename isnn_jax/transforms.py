@@ -60,14 +60,16 @@ def block_permutation(key: jax.Array, block_size: int, channels: int) -> jax.Arr
     return jax.random.permutation(key, block_size * block_size * channels)
 
 
-def _to_blocks(images: jax.Array, block_size: int) -> jax.Array:
+def to_blocks(images: jax.Array, block_size: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H/b, W/b, b*b*C): each block's values side by side (the shuffle's unit)."""
     n, h, w, c = images.shape
     blocks = images.reshape(n, h // block_size, block_size, w // block_size, block_size, c)
     blocks = blocks.transpose(0, 1, 3, 2, 4, 5)
     return blocks.reshape(n, h // block_size, w // block_size, block_size * block_size * c)
 
 
-def _from_blocks(blocks: jax.Array, block_size: int, channels: int) -> jax.Array:
+def from_blocks(blocks: jax.Array, block_size: int, channels: int) -> jax.Array:
+    """Exact inverse of `to_blocks`."""
     n, hb, wb, _ = blocks.shape
     images = blocks.reshape(n, hb, wb, block_size, block_size, channels)
     images = images.transpose(0, 1, 3, 2, 4, 5)
@@ -76,8 +78,8 @@ def _from_blocks(blocks: jax.Array, block_size: int, channels: int) -> jax.Array
 
 def block_shuffle(images: jax.Array, permutation: jax.Array, block_size: int) -> jax.Array:
     """Permute the values inside every block with the same permutation."""
-    blocks = _to_blocks(images, block_size)
-    return _from_blocks(blocks[..., permutation], block_size, images.shape[-1])
+    blocks = to_blocks(images, block_size)
+    return from_blocks(blocks[..., permutation], block_size, images.shape[-1])
 
 
 def block_unshuffle(images: jax.Array, permutation: jax.Array, block_size: int) -> jax.Array:

@@ -18,29 +18,22 @@ from isnn_jax.attack.measure import pattern_accuracies
 from isnn_jax.attack.report import check_no_secret, prepare_output
 from isnn_jax.attack.setting import Deadline, eval_subset, train_subset
 from isnn_jax.licence import Licence, TransformSpec
-from isnn_jax.train import train_and_evaluate
-from tiny_config import EPSILON, tiny_config
+from tiny_config import EPSILON, PROTECTED_LICENCE
 
-LICENCE = Licence(bytes(range(200, 232)), "(c) Seller; Buyer; attack tests",
-                  TransformSpec(epsilon=EPSILON))
+LICENCE = PROTECTED_LICENCE
 NO_LIMIT = 600.0
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, data_dir):
-    """A tiny protected digits model (10 epochs, ~30 s): legal ~0.84, clean ~0.27."""
-    config = tiny_config(data_dir, checkpoint_every_steps=1000, log_every_steps=100)
-    config.eval.random_licences = 0
-    config.eval.near_per_class = 1
-    path = tmp_path_factory.mktemp("attack") / "protected"
-    train_and_evaluate(config, path, LICENCE)
-    return path
+def workdir(protected_run):
+    """The session's tiny protected digits model (conftest.py): legal ~0.9, clean ~0.2."""
+    return protected_run[0]
 
 
 @pytest.fixture(scope="module")
-def setting(workdir):
+def setting(attack_setting):
     """The attack setting; the protected model doubles as the 'baseline' to exercise that path."""
-    return load_setting(workdir, LICENCE, baseline_workdir=workdir)
+    return attack_setting
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from isnn_jax.licence import Licence, LicenceError, TransformSpec
 
 VALID = Licence(bytes(range(32)), "(c) Seller; Buyer; fuzz", TransformSpec())
 RECORD = json.loads(VALID.to_json())
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Examples per property come from the loaded profile (conftest.py): 300 by default, fewer in CI.
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

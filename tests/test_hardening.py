@@ -119,6 +119,7 @@ def test_bad_hardening_is_refused_before_anything_is_written(tmp_path, data_dir,
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_hardened_run_resumes_bit_exact(tmp_path, data_dir):
     """Stop at step 15 and resume: parameters and the thief's perturbations equal the
     uninterrupted run's, so the perturbations are saved and restored with the state."""

@@ -24,11 +24,14 @@ from isnn_jax.licence import Licence, TransformSpec
 from isnn_jax.preemption import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # two-process clusters: minutes on 2 cores
+
 TIMEOUT = 240  # seconds for one run of the pair; processes are killed after that
 
 OVERRIDES = [
     "--config.model.features=(8,16)", "--config.model.hidden=32",
     "--config.model.detector_features=16", "--config.licence.epsilon=0.1",
+    "--config.licence.kind=additive", "--config.licence.block_size=4",
     "--config.train.batch_size=64", "--config.train.epochs=1", "--config.train.warmup_steps=2",
     "--config.train.log_every_steps=5", "--config.train.checkpoint_every_steps=5",
     "--config.eval.random_licences=4", "--config.eval.near_per_class=1",

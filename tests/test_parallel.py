@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 
 
+@pytest.mark.slow
 def test_sharded_pmap_and_one_device_give_the_same_parameters():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}

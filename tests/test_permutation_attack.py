@@ -52,6 +52,7 @@ def test_the_true_permutation_and_pattern_are_the_licence(setting):
                                   apply_transform(SPEC, key, jnp.asarray(images)))
 
 
+@pytest.mark.slow
 def test_learning_keeps_the_true_permutation_when_started_there(setting):
     """Started at the key's permutation (sharp logits) with 0 steps, the hard assignment is the
     key's; after 40 steps from there it still opens the model like the licence does."""
@@ -76,6 +77,7 @@ def test_learning_keeps_the_true_permutation_when_started_there(setting):
     assert got > legal - 0.1, (got, legal)
 
 
+@pytest.mark.slow
 def test_the_attack_runs_and_reports(setting):
     budget = quick_budgets().permutation_unlock
     budget.steps = 20

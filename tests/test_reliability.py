@@ -62,6 +62,7 @@ def licence_file(tmp_path):
     return RESUME_LICENCE.save(tmp_path / "buyer.licence.json")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_75_and_the_rerun_matches_bit_for_bit(tmp_path, data_dir,
                                                                    uninterrupted, licence_file):
     workdir = tmp_path / "w"
@@ -86,6 +87,7 @@ def test_sigterm_saves_exits_75_and_the_rerun_matches_bit_for_bit(tmp_path, data
     assert_same_as_uninterrupted(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_leaves_a_usable_checkpoint(tmp_path, data_dir, uninterrupted,
                                                          licence_file):
     workdir = tmp_path / "w"
@@ -163,6 +165,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, data_di
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["15"]  # untouched
 
 
+@pytest.mark.slow
 def test_non_finite_loss_names_the_step_and_keeps_a_finite_checkpoint(tmp_path, data_dir):
     workdir = tmp_path / "w"
     config = short_config(data_dir, checkpoint_every_steps=1, learning_rate=1e30)
@@ -199,6 +202,7 @@ def secret_encodings(licence) -> dict[str, bytes]:
     return forms
 
 
+@pytest.mark.slow
 def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
     """Train, evaluate, show, export, predict and attack; then search everything they wrote."""
     licence_path = tmp_path / "secret" / "buyer.licence.json"

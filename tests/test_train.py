@@ -24,12 +24,9 @@ SPEC = TransformSpec(epsilon=EPSILON)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    """One protected run shared by the tests that only read its results."""
-    root = tmp_path_factory.mktemp("run")
-    licence = Licence(bytes(range(100, 132)), "(c) Seller; Buyer; licence 1", SPEC)
-    report = train_and_evaluate(tiny_config(data_dir), root / "work", licence)
-    return root / "work", licence, report
+def trained(protected_run):
+    """The session's tiny protected run (conftest.py), shared by the tests that read its results."""
+    return protected_run
 
 
 def test_short_protected_run_learns_and_rejects(trained):
@@ -106,6 +103,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, data_dir, uni
     assert final_loss(tmp_path / "r", full["step"]) == final_loss(full_dir, full["step"])
 
 
+@pytest.mark.slow
 def test_pmap_trainer_matches_sharded_trainer(tmp_path, data_dir, uninterrupted):
     full_dir, full = uninterrupted
     config = short_config(data_dir)
@@ -118,6 +116,7 @@ def test_pmap_trainer_matches_sharded_trainer(tmp_path, data_dir, uninterrupted)
     assert report["legal_accuracy"] == pytest.approx(full["legal_accuracy"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_unprotected_baseline_trains_with_the_same_config(tmp_path, data_dir):
     config = tiny_config(data_dir, epochs=2)
     config.protect = False
@@ -177,6 +176,7 @@ def test_batch_not_divisible_by_devices_fails_before_writing(tmp_path, data_dir)
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     """config.model.dtype=bfloat16 computes in bf16; parameters and logits stay float32, and the
     outputs are close to the float32 model's on the same parameters."""

@@ -11,6 +11,9 @@ EPSILON = 0.1  # 8x8 digits need a stronger pattern than 28x28 images to separat
 # The licence of the resume, preemption and corruption tests (a fixed secret: reproducible runs).
 RESUME_LICENCE = Licence(bytes(range(32)), "(c) Seller; Buyer; resume",
                          TransformSpec(epsilon=EPSILON))
+# The licence of the one tiny protected model the trainer, attack and API tests share.
+PROTECTED_LICENCE = Licence(bytes(range(200, 232)), "(c) Seller; Buyer; attack tests",
+                            TransformSpec(epsilon=EPSILON))
 
 
 def get_config():
@@ -19,6 +22,10 @@ def get_config():
     config.model.features = (16, 32)
     config.model.hidden = 64
     config.model.detector_features = 32
+    # The additive transform (the scheme's primary one, and what the attack tests' known cases
+    # are built on), not the embedded default's whole-image shuffle.
+    config.licence.kind = "additive"
+    config.licence.block_size = 4
     config.licence.epsilon = EPSILON
     config.train.batch_size = 64
     config.train.epochs = 10

@@ -12,7 +12,7 @@ import difflib
 
 import ml_collections
 
-ATTACK_NAMES = ("key_guessing", "near_keys", "fine_tuning", "pruning", "unlock_by_optimisation",
+ATTACK_NAMES = ("parameter_reading", "key_guessing", "near_keys", "fine_tuning", "pruning", "unlock_by_optimisation",
                 "permutation_unlock",
                 "estimation", "partial_knowledge", "distillation")
 
@@ -26,6 +26,12 @@ def default_budgets() -> ml_collections.ConfigDict:
     budgets = ml_collections.ConfigDict()
     budgets.seed = 0
     budgets.eval_images = 10000  # test images each accuracy is measured on (0: the whole split)
+
+    read = budgets.parameter_reading = ml_collections.ConfigDict()  # zero data: the weights alone
+    read.columns = 16  # largest columns of a dense kernel over the flattened input, each tried
+    read.components = 3  # its leading singular vectors, each tried
+    read.report_top = 5
+    read.max_seconds = 120.0
 
     key = budgets.key_guessing = ml_collections.ConfigDict()
     key.guesses = 10000  # random licences guessed; the true licence is added as a control
@@ -177,7 +183,7 @@ def check_budgets(budgets: ml_collections.ConfigDict) -> None:
     for mode in budgets.fine_tuning.modes:
         if mode not in MODES:
             fail(f"unknown fine_tuning mode {mode!r}; choose from {', '.join(MODES)}")
-    positive = [("key_guessing", "guesses"), ("key_guessing", "screen_images"),
+    positive = [("parameter_reading", "report_top"), ("key_guessing", "guesses"), ("key_guessing", "screen_images"),
                 ("near_keys", "screen_images"), ("fine_tuning", "batch_size"),
                 ("unlock_by_optimisation", "batch_size"), ("unlock_by_optimisation", "restarts"),
                 ("permutation_unlock", "batch_size"), ("permutation_unlock", "restarts"),

@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 
 from isnn_jax.attack.measure import accuracy
 from isnn_jax.attack.setting import Deadline, Setting, eval_subset, train_subset
-from isnn_jax.transforms import _from_blocks, _to_blocks, block_permutation, block_shuffle
+from isnn_jax.transforms import from_blocks, to_blocks, block_permutation, block_shuffle
 
 SINKHORN_ITERATIONS = 20
 
@@ -42,8 +42,8 @@ def soft_shuffle(images: jax.Array, mixing: jax.Array, block_size: int) -> jax.A
 
     With the permutation matrix mixing[perm[k], k] = 1 this is `block_shuffle(images, perm)`.
     """
-    blocks = _to_blocks(images, block_size)
-    return _from_blocks(blocks @ mixing, block_size, images.shape[-1])
+    blocks = to_blocks(images, block_size)
+    return from_blocks(blocks @ mixing, block_size, images.shape[-1])
 
 
 def permutation_matrix(permutation: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from isnn_jax.attack import (distillation, estimation, fine_tuning, key_guessing, near_keys,
-                             partial_knowledge, permutation, pruning, unlock)
+                             parameters, partial_knowledge, permutation, pruning, unlock)
 from isnn_jax.attack.budgets import ATTACK_NAMES, check_budgets, default_budgets
 from isnn_jax.attack.measure import accuracy, key_accuracies_of
 from isnn_jax.attack.setting import Deadline, Setting, eval_subset, load_setting
@@ -23,6 +23,7 @@ log = logging.getLogger("isnn_jax.attack")
 
 REPORT_FORMAT = "isnn-security-report/1"
 ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "parameter_reading": parameters.run,
     "key_guessing": key_guessing.run,
     "near_keys": near_keys.run,
     "fine_tuning": fine_tuning.run,
