@@ -1,9 +1,12 @@
 """Near keys: licences that differ from the true one by one bit or one character.
 
-Used in training (the near-key illegal term) and in evaluation (every edit class by name).
+Used in training (the near-key illegal term) and in evaluation (every edit class by name; the
+keys a run trained on are reported apart from the held-out ones it never saw).
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -84,3 +87,27 @@ def _sample(items: list, cap: int | None, rng: np.random.Generator) -> list:
     if cap is None or len(items) <= cap:
         return list(items)
     return [items[i] for i in sorted(rng.choice(len(items), cap, replace=False))]
+
+
+def trained_near_from_config(licence: Licence, config: Mapping[str, Any]) -> list[Licence] | None:
+    """The near licences a run with this stored config trained on (None: the config cannot say).
+
+    `config` is the plain dict a workdir's metadata keeps under "config"; evaluation uses it to
+    report held-out near keys apart from trained ones."""
+    objective = config.get("objective") if isinstance(config, Mapping) else None
+    if not isinstance(objective, Mapping) or "near_keys" not in objective or "seed" not in config:
+        return None
+    if not config.get("protect", True) or float(objective.get("w_near", 1.0)) <= 0:
+        return []
+    return training_near_licences(licence, int(objective["near_keys"]), int(config["seed"]))
+
+
+def key_id(licence: Licence) -> bytes:
+    """What identifies a near licence's transform: the 8 key bytes every evaluation uses."""
+    return licence.key_bytes()[:8]
+
+
+def trained_flags(licences: Sequence[Licence], trained: Sequence[Licence] | None) -> np.ndarray:
+    """Per licence: True where its key is one of the `trained` near keys (all False when None)."""
+    ids = {key_id(lic) for lic in trained or ()}
+    return np.array([key_id(lic) in ids for lic in licences], dtype=bool)

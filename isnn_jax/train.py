@@ -362,7 +362,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                      random_licences=int(config.eval.random_licences),
                                      seed=int(config.eval.seed),
                                      near_per_class=int(config.eval.near_per_class),
-                                     batch_size=int(config.eval.batch_size))
+                                     batch_size=int(config.eval.batch_size),
+                                     screen_images=int(config.eval.screen_images),
+                                     confirm_top=int(config.eval.confirm_top),
+                                     exhaustive=bool(config.eval.exhaustive),
+                                     trained_near=near)
     else:
         report = {"num_images": int(images.shape[0]),
                   "clean_accuracy": plain_accuracy(model, params, images, labels,

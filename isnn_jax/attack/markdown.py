@@ -41,10 +41,16 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
                   f"{control['screen_rank']}, accuracy {control['accuracy']:.2%}, "
                   f"{'found' if control['found'] else 'NOT found'}.", ""]
     elif name == "near_keys":
-        rows = [[cls, str(v["count"]), _pct(v["screen_mean"]), _pct(v["screen_max"]),
-                 _pct(v.get("confirmed_max"))] for cls, v in result["classes"].items()]
-        lines += _table(["class", "count", f"mean ({result['screen_images']} images)", "max (screen)",
-                         f"max (re-measured, {result['eval_images']:,})"], rows)
+        rows = [[cls, str(v["count"]), str(v.get("trained", "—")), _pct(v["screen_mean"]),
+                 _pct(v["screen_max"]), _pct(v.get("confirmed_max"))]
+                for cls, v in result["classes"].items()]
+        lines += _table(["class", "count", "trained on", f"mean ({result['screen_images']} images)",
+                         "max (screen)", f"max (re-measured, {result['eval_images']:,})"], rows)
+        split = [f"{label.replace('_', ' ')}: best {_pct(result[label]['max_accuracy'])} of "
+                 f"{result[label]['count']}" for label in ("held_out", "trained") if label in result]
+        if split and result.get("trained_known", False):
+            lines += ["Near keys never trained on (held out) and those in the training loss, "
+                      "each group's best re-measured: " + "; ".join(split) + ".", ""]
         if result["amplitude_scaled_true_key"]:
             lines += ["True key, amplitude scaled:", ""]
             lines += _table(["scale", "epsilon", "accuracy"],

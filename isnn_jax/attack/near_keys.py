@@ -6,6 +6,9 @@
 * the true key's own pattern with its amplitude scaled (0.5x to 2x): does the model want this
   exact pattern or anything of its shape?
 * the true secret and text with other transform parameters in the licence (a new HMAC key).
+
+The near licences the model trained on (its workdir's stored config names them) are reported
+apart from the held-out ones it never saw; the held-out maximum is the headline.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from isnn_jax.attack.measure import key_accuracies_of, pattern_accuracies
+from isnn_jax import metadata
 from isnn_jax.attack.setting import Deadline, Setting, eval_subset
-from isnn_jax.licence import stack_keys
-from isnn_jax.near_keys import near_licences
+from isnn_jax.licence import Licence, stack_keys
+from isnn_jax.near_keys import near_licences, trained_flags, trained_near_from_config
 from isnn_jax.transforms import additive_pattern
 
 
@@ -56,8 +60,20 @@ def changed_parameters(setting: Setting, scales: tuple[float, ...], images: np.n
     return rows
 
 
+def trained_near_of(setting: Setting) -> list[Licence] | None:
+    """The near licences the attacked model trained on, from its workdir (None: unknown)."""
+    if not setting.protected.source:
+        return None
+    try:
+        record = metadata.read(setting.protected.source)
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return trained_near_from_config(setting.licence, record.get("config", {}))
+
+
 def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> dict[str, Any]:
-    """Every near licence screened, the best confirmed, plus the parameter changes."""
+    """Every near licence screened, the best held-out and trained ones confirmed, plus the
+    parameter changes."""
     images, labels = eval_subset(setting, eval_images)
     screen_x, screen_y = images[:budget.screen_images], labels[:budget.screen_images]
     groups = near_licences(setting.licence, int(budget.per_class) or None, setting.seed)
@@ -74,12 +90,26 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
         names.extend([name] * len(group))
         classes[name]["_screened"] = screened
     screened_all = np.concatenate([c.pop("_screened") for c in classes.values()])
-    top = np.argsort(-screened_all, kind="stable")[:int(budget.confirm_top)]
+    trained_near = trained_near_of(setting)
+    trained = trained_flags(keys, trained_near)
+    for name, group in classes.items():
+        group["trained"] = int(trained[np.array(names) == name].sum())
+    # The best `confirm_top` held-out and the best `confirm_top` trained ones, each confirmed.
+    top = np.concatenate([
+        members[np.argsort(-screened_all[members], kind="stable")[:int(budget.confirm_top)]]
+        for members in (np.flatnonzero(~trained), np.flatnonzero(trained))])
     confirmed = key_accuracies_of(setting.protected, setting.spec,
                                   stack_keys([keys[i] for i in top]), images, labels)
     for index, accuracy in zip(top, confirmed):
         group = classes[names[index]]
         group["confirmed_max"] = max(group.get("confirmed_max", 0.0), float(accuracy))
+    split = {}
+    for label, mask in (("held_out", ~trained), ("trained", trained)):
+        chosen = [float(a) for i, a in zip(top, confirmed) if mask[i]]
+        if mask.any():
+            split[label] = {"count": int(mask.sum()),
+                            "screen_max": float(screened_all[mask].max()),
+                            "max_accuracy": max(chosen) if chosen else float("nan")}
     scales = tuple(float(s) for s in budget.amplitude_scales)
     return {
         "near_licences": int(screened_all.size),
@@ -87,9 +117,11 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
         "screen_images": int(screen_x.shape[0]),
         "eval_images": int(images.shape[0]),
         "classes": classes,
-        "confirmed_top": [{"class": names[i], "accuracy": float(a)}
+        "confirmed_top": [{"class": names[i], "trained": bool(trained[i]), "accuracy": float(a)}
                           for i, a in sorted(zip(top, confirmed), key=lambda p: -p[1])],
-        "max_accuracy": float(confirmed.max()),
+        "max_accuracy": float(confirmed.max()),  # over held-out and trained alike
+        "trained_known": trained_near is not None,
+        **split,
         "amplitude_scaled_true_key": amplitude_scaled(setting, scales, images, labels),
         "changed_parameters": changed_parameters(setting, scales, images, labels),
     }

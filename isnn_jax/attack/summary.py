@@ -49,8 +49,18 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
                          f"{result['control']['accuracy']:.2%}"))
     if "near_keys" in attacks:
         result = attacks["near_keys"]
-        rows.append(_row(f"near keys: best of {result['near_licences']} near licences",
-                         result["max_accuracy"], ref, "bit flips of the secret, copyright edits"))
+        if "held_out" in result and result.get("trained_known", False):
+            held = result["held_out"]
+            rows.append(_row(f"near keys, held out: best of {held['count']} never trained on",
+                             held["max_accuracy"], ref, "bit flips of the secret, copyright edits"))
+            if "trained" in result:
+                rows.append(_row(f"near keys, trained on: best of {result['trained']['count']}",
+                                 result["trained"]["max_accuracy"], ref,
+                                 "the near keys of the training loss"))
+        else:
+            rows.append(_row(f"near keys: best of {result['near_licences']} near licences",
+                             result["max_accuracy"], ref, "bit flips of the secret, copyright "
+                             "edits (which were trained on: unknown)"))
         scaled = result["amplitude_scaled_true_key"]
         if scaled:
             best = max(scaled, key=lambda r: r["accuracy"])
