@@ -24,8 +24,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.name = "small_cnn"  # small_cnn | resnet18; each reads only its own fields
     config.model.features = (32, 64)  # small_cnn
     config.model.hidden = 128
-    config.model.detector_features = 64
-    config.model.input_offset = True  # both models: learned per-pixel offset (models/cnn.py)
+    # A dense branch over the raw input (models/cnn.py). Off: its kernel lines up with the additive
+    # pattern and its rows betray a shuffle's layout, so the weights carry the key (security.md).
+    config.model.detector_features = 0
+    # A learned per-pixel offset before the first layer (both models). Off: training drives it
+    # towards minus the licence's pattern, so the weights carry the key (docs/security.md).
+    config.model.input_offset = False
     config.model.stage_sizes = (2, 2, 2, 2)  # resnet18
     config.model.width = 64  # resnet18
     config.model.norm = "group"  # resnet18: group | layer (no BatchNorm: docs/decisions.md)
@@ -34,9 +38,12 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
-    config.licence.kind = "additive"  # additive | shuffle | shuffle_additive
+    # additive | shuffle | shuffle_additive. The embedded digits default shuffles the whole 8x8
+    # image (one block) and adds the pattern: on 64 pixels an additive pattern alone leaves random
+    # licences close enough to unlock the model (docs/results.md).
+    config.licence.kind = "shuffle_additive"
     config.licence.epsilon = 0.03
-    config.licence.block_size = 4
+    config.licence.block_size = 8  # shuffle blocks are block_size x block_size; must divide the image
     config.licence.distribution = "rademacher"
 
     config.objective = ml_collections.ConfigDict()

@@ -30,7 +30,15 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
         return lines + [f"Skipped: {result['skipped']}.", ""]
     if result.get("stopped_early"):
         lines += ["**Stopped early at its time limit**; the rows below are what finished.", ""]
-    if name == "key_guessing":
+    if name == "parameter_reading":
+        lines += [f"{result['candidates']} candidate patterns read from "
+                  f"{len(result['parameters_read'])} parameters (input-sized parameters, dense "
+                  "kernels over the flattened input), no data used.", ""]
+        if result.get("top"):
+            lines += _table(["parameter", "applied as", "accuracy"],
+                            [[r["parameter"], r["applied"], _pct(r["accuracy"])]
+                             for r in result["top"]])
+    elif name == "key_guessing":
         screen, control = result["screen"], result["control"]
         lines += [f"{result['guesses']:,} random licences screened on {result['screen_images']} "
                   f"images: mean {screen['mean']:.2%}, 99th percentile {screen['q99']:.2%}, max "

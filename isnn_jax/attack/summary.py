@@ -41,6 +41,12 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("unprotected baseline", ref["baseline_accuracy"], ref, judged=False))
     attacks = {name: result for name, result in report["attacks"].items() if "error" not in result
                and "skipped" not in result}
+    if "parameter_reading" in attacks and not math.isnan(attacks["parameter_reading"]["max_accuracy"]):
+        result = attacks["parameter_reading"]
+        best = result["best"]
+        rows.append(_row(f"reading the weights (no data): best of {result['candidates']} "
+                         "candidate patterns", result["max_accuracy"], ref,
+                         f"{best['parameter']} ({best['applied']})"))
     if "key_guessing" in attacks:
         result = attacks["key_guessing"]
         found = "found" if result["control"]["found"] else "NOT found"

@@ -9,6 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
     """Fashion-MNIST variant of the default configuration."""
     config = default.get_config()
     config.data.name = "fashion_mnist_idx"
+    config.licence.kind = "additive"  # the scheme's primary transform (the digits default shuffles)
+    config.licence.block_size = 4
     config.model.features = (16, 32)
     config.train.epochs = 5
     config.train.learning_rate = 2e-3

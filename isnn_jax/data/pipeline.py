@@ -9,6 +9,7 @@ exactly the same batches.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -102,7 +103,12 @@ def tensorflow_missing_message(spec: DatasetSpec) -> str:
 def prepare(builder: tfds.core.DatasetBuilder, spec: DatasetSpec) -> None:
     """Build the dataset's array_record files unless already there; clear errors when that fails."""
     if spec.offline:  # local builders raise DatasetNotFoundError themselves
+        fresh = not builder.is_prepared()
         builder.download_and_prepare()
+        if fresh:  # TFDS words every build "Downloading and preparing"; say what happened here
+            logging.getLogger("isnn_jax").info(
+                "%s: built from files on this machine into %s (cached for later runs); nothing "
+                "was downloaded", spec.name, builder.data_path)
     else:
         try:
             builder.download_and_prepare()
