@@ -206,7 +206,7 @@ def test_distillation_student_learns_only_through_the_licence(setting):
 
 
 def test_attack_names_and_budgets_are_checked():
-    assert resolve_attacks("all")[0] == "key_guessing" and len(resolve_attacks("all")) == 9
+    assert resolve_attacks("all")[0] == "parameter_reading" and len(resolve_attacks("all")) == 10
     assert resolve_attacks("pruning,estimation") == ["pruning", "estimation"]
     with pytest.raises(UnknownAttackError, match="did you mean pruning"):
         resolve_attacks("prunning")

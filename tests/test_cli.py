@@ -228,11 +228,19 @@ def test_orbax_read_only_notices_are_silenced_other_warnings_kept(tmp_path, capl
 
     cli.quiet_libraries()
     (tmp_path / "ckpt").mkdir()
-    with caplog.at_level(logging.WARNING):
+    absl_logger, seen = logging.getLogger("absl"), []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = seen.append  # whatever earlier tests did to propagation or levels
+    old_level = absl_logger.level
+    absl_logger.addHandler(collect)
+    absl_logger.setLevel(logging.WARNING)
+    try:
         checkpoints.manager(str(tmp_path / "ckpt"), read_only=True).close()
-        logging.getLogger("absl").warning("a real warning")
-    messages = [record.getMessage() for record in caplog.records]
-    assert messages == ["a real warning"]
+        absl_logger.warning("a real warning")
+    finally:
+        absl_logger.removeHandler(collect)
+        absl_logger.setLevel(old_level)
+    assert [record.getMessage() for record in seen] == ["a real warning"]
 
 
 # ---------------------------------------------------------------------------------------------

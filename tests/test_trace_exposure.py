@@ -42,7 +42,7 @@ def shop(tmp_path_factory, data_dir, protected_run):
         for buyer, licence in licences.items():
             registry.add(buyer, licence)
     (root / "model").symlink_to(model_dir, target_is_directory=True)
-    assert report["legal_accuracy"] > 0.85 and report["clean_accuracy"] < 0.35, report
+    assert report["legal_accuracy"] > 0.85 and report["clean_accuracy"] < 0.45, report
     images, labels = verification_set("digits", num_images=0, data_dir=data_dir)
     with open_registry(root / "registry") as registry:
         candidates = list(registry.licences())

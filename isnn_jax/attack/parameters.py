@@ -184,7 +184,7 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
                               "parameters_read": sorted({name for name, _ in names}),
                               "eval_images": int(images.shape[0])}
     if not patterns:
-        result.update(max_accuracy=float("nan"),
+        result.update(max_accuracy=float("nan"), layout=_read_layout(setting, images, labels),
                       note="no parameter has the input's size or reads the flattened input")
         return result
     accuracies = pattern_accuracies(target, target.params, np.stack(patterns), images, labels)
