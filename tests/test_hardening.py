@@ -57,6 +57,7 @@ def test_estimate_from_few_varied_images_is_noisy():
     assert 0.5 < few < many, (few, many)
 
 
+@pytest.mark.slow
 def test_unlock_step_moves_towards_the_thief_goal_within_bounds():
     model = build_model({"name": "small_cnn", "features": (8,), "hidden": 16}, 10)
     params = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))["params"]

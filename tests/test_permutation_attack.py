@@ -14,6 +14,8 @@ from isnn_jax.train import train_and_evaluate
 from isnn_jax.transforms import additive_pattern, apply_transform, block_permutation, block_shuffle
 from tiny_config import EPSILON, tiny_config
 
+pytestmark = pytest.mark.slow  # trains its own models: the full run only
+
 SPEC = TransformSpec(kind="shuffle_additive", epsilon=EPSILON, block_size=4)
 LICENCE = Licence(bytes(range(100, 132)), "(c) Seller; Buyer; permutation tests", SPEC)
 

@@ -159,6 +159,7 @@ def run_cli(*args, cwd=None):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.mark.slow
 def test_cli_unknown_override_and_missing_licence_errors(tmp_path):
     result = run_cli("--workdir", str(tmp_path / "w"), "--licence", "x.json",
                      "--config.train.epochz=1")

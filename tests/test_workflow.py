@@ -34,6 +34,8 @@ from isnn_jax.verify import main as verify_cli
 from isnn_jax.verify import ownership_test, verification_set
 from tiny_config import tiny_config
 
+pytestmark = pytest.mark.slow  # trains its own models: the full run only
+
 BUYERS = ("alpha-labs", "beta-corp", "gamma-gmbh")
 LEAKER = "beta-corp"
 EPSILON = 0.1  # 8x8 digits need a stronger pattern than 28x28 images
