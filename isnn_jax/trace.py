@@ -39,7 +39,8 @@ from isnn_jax.registry import Entry, open_registry
 from isnn_jax.stats import (SequentialBinomialTest, binomial_test, binomial_upper_bound, format_p,
                             paired_test)
 from isnn_jax.verify import (DEFAULT_ALPHA, add_model_arguments, correctness, null_model,
-                             quiet_libraries, resolve_data, resolve_model)
+                             quiet_libraries, resolve_data, resolve_model,
+                             verification_arrays)
 
 
 def trace_licences(classify: Classifier, candidates: list[tuple[Entry, Licence]],
@@ -214,11 +215,7 @@ def trace_black_box(classify: Classifier, candidates: list[tuple[Entry, Licence]
         raise ValueError("the registry holds no licences; issue or import the licences you sold")
     _check_black_box_options(alpha, beta, unlocked_accuracy, random_licences,
                              max_images_per_licence)
-    labels = np.asarray(labels).astype(np.int64)
-    images = np.asarray(images, np.float32)
-    if images.shape[0] == 0 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"the verification set needs as many labels as images (got "
-                         f"{images.shape[0]} images, {labels.shape[0]} labels)")
+    images, labels = verification_arrays(images, labels)
     from isnn_jax.transforms import apply_per_example, apply_transform
 
     num_classes = int(num_classes or labels.max() + 1)

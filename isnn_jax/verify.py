@@ -87,15 +87,21 @@ def licence_evidence(classify: Classifier, licence: Licence, images: np.ndarray,
             **result, "alpha": alpha, "verified": bool(result["log10_p_value"] < np.log10(alpha))}
 
 
-def ownership_test(classify: Classifier, licence: Licence, images: np.ndarray,
-                   labels: np.ndarray, *, random_licences: int = 100, seed: int = 0,
-                   alpha: float = DEFAULT_ALPHA, num_classes: int | None = None) -> dict[str, Any]:
-    """Verify that `classify` (images as given -> labels) is unlocked by `licence`."""
+def verification_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 images and int64 labels of a non-empty verification set, one label per image."""
     labels = np.asarray(labels).astype(np.int64)
     images = np.asarray(images, np.float32)
     if images.shape[0] == 0 or images.shape[0] != labels.shape[0]:
         raise ValueError(f"the verification set needs as many labels as images (got "
                          f"{images.shape[0]} images, {labels.shape[0]} labels)")
+    return images, labels
+
+
+def ownership_test(classify: Classifier, licence: Licence, images: np.ndarray,
+                   labels: np.ndarray, *, random_licences: int = 100, seed: int = 0,
+                   alpha: float = DEFAULT_ALPHA, num_classes: int | None = None) -> dict[str, Any]:
+    """Verify that `classify` (images as given -> labels) is unlocked by `licence`."""
+    images, labels = verification_arrays(images, labels)
     num_classes = int(num_classes or labels.max() + 1)
     null = null_model(classify, licence.transform, images, labels,
                       random_licences=random_licences, seed=seed, num_classes=num_classes)

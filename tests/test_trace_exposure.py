@@ -11,13 +11,15 @@ import pytest
 from isnn_jax.bare_model import from_workdir
 from isnn_jax.black_box import model_classifier
 from isnn_jax.licence import Licence, TransformSpec
+from isnn_jax.protect import configure_for_licence
 from isnn_jax.registry import open_registry
 from isnn_jax.stats import SequentialBinomialTest, binomial_upper_bound
 from isnn_jax.trace import main as trace_cli
 from isnn_jax.trace import trace_black_box
+from isnn_jax.train import train_and_evaluate
 from isnn_jax.transforms import apply_transform
 from isnn_jax.verify import verification_set
-from tiny_config import EPSILON
+from tiny_config import EPSILON, tiny_config
 
 BUYERS = ("alpha-labs", "beta-corp", "gamma-gmbh")
 LEAKER = "beta-corp"
@@ -32,17 +34,19 @@ def buyer_licence(number: int, buyer: str) -> Licence:
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory, data_dir, protected_run):
-    """Three registered licences; the session's tiny model (conftest.py) is the leaker's."""
+def shop(tmp_path_factory, data_dir):
+    """Three registered licences; one tiny model, protected for the leaker's licence only."""
     root = tmp_path_factory.mktemp("exposure")
-    model_dir, leaker_licence, report = protected_run
     licences = {buyer: buyer_licence(number, buyer) for number, buyer in enumerate(BUYERS)}
-    licences[LEAKER] = leaker_licence
     with open_registry(root / "registry", create=True) as registry:
         for buyer, licence in licences.items():
             registry.add(buyer, licence)
-    (root / "model").symlink_to(model_dir, target_is_directory=True)
-    assert report["legal_accuracy"] > 0.85 and report["clean_accuracy"] < 0.45, report
+    config = tiny_config(data_dir, epochs=15, log_every_steps=100, checkpoint_every_steps=1000)
+    config.eval.random_licences = 0
+    config.eval.near_per_class = 1
+    configure_for_licence(config, licences[LEAKER])
+    report = train_and_evaluate(config, root / "model", licences[LEAKER])
+    assert report["legal_accuracy"] > 0.85 and report["clean_accuracy"] < 0.3, report
     images, labels = verification_set("digits", num_images=0, data_dir=data_dir)
     with open_registry(root / "registry") as registry:
         candidates = list(registry.licences())

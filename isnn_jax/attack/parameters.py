@@ -35,7 +35,6 @@ from isnn_jax.attack.setting import Deadline, Setting, eval_subset
 from isnn_jax.attack.unlock import cosine
 from isnn_jax.transforms import block_permutation, block_shuffle, to_blocks
 
-SIGNS = ("raw", "negated", "sign", "negated_sign")
 NEIGHBOURS = 8  # similarity graph: each kernel row keeps its most similar rows
 ANGLES = 24  # rotations of the 2-D embedding tried (each also reflected)
 
