@@ -105,10 +105,29 @@ def manager(directory: str, keep: int = 3, *, read_only: bool = False) -> ocp.Ch
 
     A writable manager removes temporary directories that a crash in the middle of a save left.
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           enable_async_checkpointing=True, read_only=read_only,
-                                           cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(directory, options=options)
+    if not read_only:
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True)
+        return ocp.CheckpointManager(directory, options=options)
+    # Read-only: the values Orbax would otherwise announce it is forcing, and its notice that
+    # the directory is read only (asked for) kept off stderr for this call alone.
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0, create=False,
+                                           enable_async_checkpointing=True, read_only=True,
+                                           cleanup_tmp_directories=False)
+    absl_logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()
+    absl_logger.addFilter(notice)
+    try:
+        return ocp.CheckpointManager(directory, options=options)
+    finally:
+        absl_logger.removeFilter(notice)
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's "Given directory is read only" notice; passes every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Given directory is read only" not in record.getMessage()
 
 
 def tree_digest(tree: Any) -> str:

@@ -11,8 +11,10 @@ if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=2".strip()
 # Many tests (and the trainer subprocesses they start, which inherit the environment) compile the
 # same tiny programs: one persistent compilation cache for the session compiles each once.
-_XLA_CACHE = tempfile.mkdtemp(prefix="isnn-test-xla-cache-")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+# A user's own cache is used as it is; otherwise one made here (and named, so only it is removed).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["ISNN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="isnn-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["ISNN_TEST_XLA_CACHE"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
@@ -30,9 +32,23 @@ from isnn_jax.licence import Licence, TransformSpec  # noqa: E402
 SECRET = bytes(range(32))
 
 
+# The longest files start first, so that `pytest -n 2` overlaps them with the short ones
+# instead of leaving two of them to contend at the end.
+LONGEST_FIRST = ("test_multihost.py", "test_parallel.py", "test_workflow.py",
+                 "test_reliability.py", "test_parameter_attack.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Run the longest test files first (a stable sort: order within a file is kept)."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """Remove the session's compilation cache."""
-    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+    """Remove the session's compilation cache (once: by the main process, not by each worker of
+    `pytest -n`, which share the cache through the environment they inherit)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and os.environ.get("ISNN_TEST_XLA_CACHE"):
+        shutil.rmtree(os.environ["ISNN_TEST_XLA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

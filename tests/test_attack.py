@@ -78,6 +78,7 @@ def test_key_guessing_stops_at_its_deadline_but_keeps_the_control(setting, monke
     assert result["control"]["found"]
 
 
+@pytest.mark.slow
 def test_near_keys_cover_every_class_and_the_unscaled_key_is_legal(setting, reference):
     result = near_keys.run(setting, budget("near_keys", per_class=2, screen_images=100,
                                            confirm_top=2, amplitude_scales=(1.0, 2.0)),
@@ -93,6 +94,7 @@ def test_near_keys_cover_every_class_and_the_unscaled_key_is_legal(setting, refe
     assert result["max_accuracy"] == max(row["accuracy"] for row in result["confirmed_top"])
 
 
+@pytest.mark.slow
 def test_fine_tuning_with_zero_steps_is_the_stolen_model_and_the_advantage_adds_up(setting,
                                                                                     reference):
     _, clean = reference
@@ -112,6 +114,7 @@ def test_fine_tuning_with_zero_steps_is_the_stolen_model_and_the_advantage_adds_
     assert gains["all_layers"] > 0.05
 
 
+@pytest.mark.slow
 def test_last_layer_fine_tuning_moves_only_the_head(setting):
     target = setting.protected
     head = last_layer_name(target.params, target.num_classes)
@@ -191,6 +194,7 @@ def test_partial_knowledge_at_cosine_one_is_the_licence(setting, reference):
     assert zero["accuracy"] < legal - 0.2
 
 
+@pytest.mark.slow
 def test_distillation_student_learns_only_through_the_licence(setting):
     queries = distillation.make_queries(setting.train_images[:100], 250, seed=0)
     assert queries.shape == (250, *setting.train_images.shape[1:])
@@ -241,6 +245,7 @@ def test_secret_check_refuses_to_publish(tmp_path):
         check_no_secret(tmp_path, [LICENCE.secret])
 
 
+@pytest.mark.slow
 def test_command_writes_report_figures_and_no_secret(tmp_path, workdir, capsys):
     licence_file = LICENCE.save(tmp_path / "buyer.licence.json")
     out = tmp_path / "report"

@@ -285,6 +285,7 @@ def test_export_and_leak_refuse_to_replace_a_file(tmp_path, capsys):
 # the real entry points (subprocesses)
 
 
+@pytest.mark.slow
 def test_python_m_train_door_prints_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "isnn_jax.train", "--licence", "L",
                              "--workdir", str(tmp_path / "w"), "--config.train.epochs=three"],

@@ -17,6 +17,7 @@ def test_reshape_max_pool_equals_nn_max_pool(shape):
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features, kernel, padding", [(32, (3, 3), "SAME"), (8, (3, 3), "VALID"),
                                                        (4, (1, 1), "SAME"), (6, (3, 3), 1)])
 def test_im2col_convolution_equals_nn_conv(features, kernel, padding):
@@ -35,6 +36,7 @@ def test_im2col_convolution_equals_nn_conv(features, kernel, padding):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.slow
 def test_im2col_falls_back_to_lax_for_strided_convolutions():
     x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
     plain, fast = nn.Conv(4, (3, 3), strides=2), Im2ColConv(4, (3, 3), strides=2)

@@ -36,7 +36,8 @@ def test_combined_loss_weights_and_metrics():
 
 # The default form with both transforms in the everyday subset; every other form in the full run.
 CASES = [pytest.param(form, "additive", marks=() if form == "uniform_constant" else pytest.mark.slow)
-         for form in objective.ILLEGAL_FORMS] + [("uniform_constant", "shuffle_additive")]
+         for form in objective.ILLEGAL_FORMS] + [
+    pytest.param("uniform_constant", "shuffle_additive", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("form,kind", CASES)

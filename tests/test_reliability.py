@@ -124,6 +124,7 @@ def damage(step_dir: Path, how: str) -> None:
         path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "garble"])
 def test_damaged_newest_checkpoint_is_reported_set_aside_and_the_previous_used(
         tmp_path, data_dir, uninterrupted, caplog, how):
@@ -143,6 +144,7 @@ def test_damaged_newest_checkpoint_is_reported_set_aside_and_the_previous_used(
     assert_same_as_uninterrupted(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_inference_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, data_dir, caplog):
     workdir = tmp_path / "w"
     train_and_evaluate(short_config(data_dir, stop_after_steps=30), workdir, RESUME_LICENCE)
@@ -155,6 +157,7 @@ def test_inference_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, data_
         api.load_protected(workdir, step=30)
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, data_dir):
     workdir = tmp_path / "w"
     train_and_evaluate(short_config(data_dir, stop_after_steps=15), workdir, RESUME_LICENCE)

@@ -43,6 +43,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_transient_os_error_during_restore_changes_nothing_and_is_named(
         workdir, data_dir, monkeypatch):
     before = snapshot(workdir / "checkpoints")
@@ -70,6 +71,7 @@ def test_transient_os_error_during_restore_changes_nothing_and_is_named(
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_a_named_error_not_corruption(workdir, data_dir):
     config = short_config(data_dir, stop_after_steps=30, allow_changed_config=True)
     config.model.hidden = 32  # past the config check (opted in), the restore itself must refuse
@@ -87,6 +89,7 @@ def truncate_params(step_dir: Path) -> None:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_still_set_aside(workdir, data_dir, caplog):
     truncate_params(workdir / "checkpoints" / "30")
     with caplog.at_level(logging.WARNING, logger="isnn_jax"):
@@ -116,6 +119,7 @@ def test_restore_failures_are_classified(tmp_path):
     assert not checkpoints.has_checkpoint(str(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_changed_batch_size_is_refused_naming_the_field_unless_intended(workdir, data_dir):
     record = (workdir / metadata.METADATA_FILE).read_text()
     config = short_config(data_dir, stop_after_steps=30, batch_size=32)

@@ -115,6 +115,7 @@ def test_sequential_test_bounds_are_exact_and_rounds_never_overshoot():
     assert outcomes[0.3][1] < 8 and outcomes[0.8][1] < 8, outcomes
 
 
+@pytest.mark.slow
 def test_black_box_trace_names_the_leaker_and_sends_each_image_once(shop):
     images = shop["images"]
     service = Recorder(shop["classify"])
@@ -150,6 +151,7 @@ def test_black_box_trace_names_the_leaker_and_sends_each_image_once(shop):
     assert queries["legal_inputs"] < 60
 
 
+@pytest.mark.slow
 def test_duplicated_images_are_sent_once_and_each_licence_stops_at_its_cap(shop):
     images = np.concatenate([shop["images"], shop["images"]])  # every image twice
     labels = np.concatenate([shop["labels"], shop["labels"]])
@@ -169,6 +171,7 @@ def test_duplicated_images_are_sent_once_and_each_licence_stops_at_its_cap(shop)
     assert not report["traced"] and report["buyer"] is None
 
 
+@pytest.mark.slow
 def test_a_model_that_works_without_a_licence_is_sent_no_legal_input(shop):
     images, labels = shop["images"], shop["labels"]
     # A thief's copy that no longer needs any licence: right on every view of every image.
@@ -188,6 +191,7 @@ def stderr_lines(capsys) -> list:
     return capsys.readouterr().err.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_command_tracing_needs_the_opt_in_flag_and_sends_nothing_without_it(shop, tmp_path,
                                                                            capsys):
     marker = tmp_path / "queried"
@@ -208,6 +212,7 @@ def test_command_tracing_needs_the_opt_in_flag_and_sends_nothing_without_it(shop
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_local_model_is_traced_without_the_flag(shop, capsys):
     code = trace_cli(["--model", str(shop["root"] / "model"), "--registry",
                       str(shop["root"] / "registry"), "--data_dir", shop["data_dir"],

@@ -90,6 +90,7 @@ def final_loss(workdir, step):
     return [row for row in rows if row["step"] == step and "loss" in row][0]["loss"]
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, data_dir, uninterrupted):
     full_dir, full = uninterrupted
     stopped = train_and_evaluate(short_config(data_dir, stop_after_steps=15), tmp_path / "r",
@@ -195,3 +196,22 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     with pytest.raises(ValueError, match=r"unknown model dtype 'float16'; choose one of "
                                          r"float32, bfloat16 \(config.model.dtype\)"):
         build_model({**fields, "dtype": "float16"}, 10)
+
+
+def test_loading_from_python_logs_no_orbax_notices(trained):
+    """api.load_protected outside any command: Orbax's read-only notices stay off the logs."""
+    import logging
+
+    absl_logger, seen = logging.getLogger("absl"), []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = seen.append
+    old_level = absl_logger.level
+    absl_logger.addHandler(collect)
+    absl_logger.setLevel(logging.WARNING)
+    try:
+        model = api.load_protected(trained[0])
+    finally:
+        absl_logger.removeHandler(collect)
+        absl_logger.setLevel(old_level)
+    assert model.step > 0
+    assert [record.getMessage() for record in seen] == []
