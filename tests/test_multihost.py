@@ -104,15 +104,14 @@ def assert_same_params(a_dir, b_dir):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a, b)
 
 
-def test_two_processes_match_one_process_with_eight_devices(setup, single):
-    root, licence_path, data_dir = setup
-    outputs = wait_all(launch(root / "pair", licence_path, data_dir, processes=2, devices=4))
+def assert_pair_matches_single(pair_dir, single, outputs):
+    """The pair's run equals the one-process 8-device run: parameters, step and evaluation."""
     assert "legal accuracy" in outputs[0] and "legal accuracy" not in outputs[1]
     assert "global batch 64 on 8 devices" in outputs[0]
-    assert_same_params(single, root / "pair")
-    assert api.load_protected(root / "pair").step == api.load_protected(single).step == 22
+    assert_same_params(single, pair_dir)
+    assert api.load_protected(pair_dir).step == api.load_protected(single).step == 22
     # Evaluation is split over the two processes and gathered: the same report as one process.
-    pair = json.loads((root / "pair" / "final_evaluation.json").read_text())
+    pair = json.loads((pair_dir / "final_evaluation.json").read_text())
     alone = json.loads((single / "final_evaluation.json").read_text())
     assert pair["wrong_key"]["count"] == 4 and pair["near_key"].keys() == alone["near_key"].keys()
     for name in ("legal_accuracy", "clean_accuracy"):
@@ -157,10 +156,12 @@ def test_preempted_then_killed_pair_resumes_with_both_processes(setup, single):
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-    # 3. The rerun resumes and ends where the uninterrupted one-process run ends.
+    # 3. The rerun resumes and ends where the uninterrupted one-process run ends: two processes
+    # of 4 devices match one of 8 (parameters, step, the gathered evaluation). One pair run
+    # checks both, since an uninterrupted pair would repeat the same computation.
     outputs = wait_all(launch(workdir, licence_path, data_dir, processes=2, devices=4))
     assert "resumed from checkpoint at step" in outputs[0]
-    assert_same_params(single, workdir)
+    assert_pair_matches_single(workdir, single, outputs)
 
 
 def test_processes_with_different_configs_refuse_to_train(setup):
