@@ -11,7 +11,6 @@ screen). Near licences the model trained on are reported apart from the held-out
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging

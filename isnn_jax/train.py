@@ -38,7 +38,7 @@ from isnn_jax.metric_writers import MetricWriter
 from isnn_jax.models import build_model
 from isnn_jax.near_keys import training_near_licences
 from isnn_jax.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
-from isnn_jax.preemption import EXIT_PREEMPTED, PreemptionWatch, TrainingPreempted
+from isnn_jax.preemption import PreemptionWatch, TrainingPreempted
 from isnn_jax.step import Protection, init_state, make_train_step
 
 log = logging.getLogger("isnn_jax")

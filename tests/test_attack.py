@@ -17,7 +17,7 @@ from isnn_jax.attack.fit import fit, last_layer_name, layer_mask, one_hot
 from isnn_jax.attack.measure import pattern_accuracies
 from isnn_jax.attack.report import check_no_secret, prepare_output
 from isnn_jax.attack.setting import Deadline, eval_subset, train_subset
-from isnn_jax.licence import Licence, TransformSpec
+from isnn_jax.licence import Licence
 from tiny_config import EPSILON, PROTECTED_LICENCE
 
 LICENCE = PROTECTED_LICENCE

@@ -3,14 +3,13 @@
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from isnn_jax.attack import parameters
 from isnn_jax.attack.budgets import quick_budgets
-from isnn_jax.attack.setting import Deadline, Setting, Target, load_setting
+from isnn_jax.attack.setting import Deadline, Target, load_setting
 from isnn_jax.config import default_config
 from isnn_jax.licence import Licence
 from isnn_jax.train import train_and_evaluate, transform_spec
