@@ -31,7 +31,7 @@ if path:
     spec = importlib.util.spec_from_file_location("evaluate_before", path)
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 else:
-    import isnn_jax.evaluate as module
+    import isnn_jax.evaluation.screening as module
 model = build_model(get_config().model.to_dict(), 10)
 x, y = load_split("digits", "test", data_dir={data_dir!r})
 params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]

@@ -32,11 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import command_line, write_record  # noqa: E402
 
 from isnn_jax import api  # noqa: E402
-from isnn_jax.cli import setup_logging  # noqa: E402
-from isnn_jax.config import default_config  # noqa: E402
-from isnn_jax.evaluate import evaluate_protection, format_report, images_per_call  # noqa: E402
-from isnn_jax.licence import Licence  # noqa: E402
-from isnn_jax.near_keys import trained_near_from_config  # noqa: E402
+from isnn_jax.cli.logs import setup_logging  # noqa: E402
+from isnn_jax.training.config import default_config  # noqa: E402
+from isnn_jax.evaluation.counting import images_per_call  # noqa: E402
+from isnn_jax.evaluation.report import format_report  # noqa: E402
+from isnn_jax.evaluation.screening import evaluate_protection  # noqa: E402
+from isnn_jax.protection.licence import Licence  # noqa: E402
+from isnn_jax.protection.near_keys import trained_near_from_config  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "evaluation_screening.json"
 MAXIMA = ("wrong_key_max", "wrong_key_rank_attack_max", "near_key_held_out_max",

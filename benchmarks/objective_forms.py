@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from isnn_jax.licence import Licence  # noqa: E402
-from isnn_jax.train import train_and_evaluate, transform_spec  # noqa: E402
+from isnn_jax.protection.licence import Licence  # noqa: E402
+from isnn_jax.training.loop import train_and_evaluate  # noqa: E402
+from isnn_jax.training.setup import transform_spec  # noqa: E402
 
 # (label, illegal_form, temperature)
 VARIANTS = {

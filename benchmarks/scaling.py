@@ -25,10 +25,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from isnn_jax.licence import Licence, TransformSpec, random_keys  # noqa: E402
+from isnn_jax.protection.licence import Licence, TransformSpec, random_keys  # noqa: E402
 from isnn_jax.models import build_model  # noqa: E402
-from isnn_jax.parallel import DataParallel, make_mesh, replicate  # noqa: E402
-from isnn_jax.step import Protection, init_state, make_train_step  # noqa: E402
+from isnn_jax.training.parallel import DataParallel, make_mesh, replicate  # noqa: E402
+from isnn_jax.protection.step import Protection, init_state, make_train_step  # noqa: E402
 from records import command_line, write_record  # noqa: E402
 
 

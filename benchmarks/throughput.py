@@ -8,7 +8,7 @@
 For every model and batch size, in one process and interleaved (repeat r runs every case once
 before repeat r+1 starts, so a load change on a shared machine hits all cases alike):
 
-* `jax_isnn`: the jitted `isnn_jax.step` train step (state donated, the batch resident on the
+* `jax_isnn`: the jitted `isnn_jax.protection.step` train step (state donated, the batch resident on the
   device) on B clean images; it builds V = 1 legal + 1 clean + wrong_views + 1 near views of
   each, so V*B images go through the network per step;
 * `jax_plain`: the same jitted step with `protect=False` (cross-entropy, Adam) on V*B distinct
@@ -48,11 +48,11 @@ import optax  # noqa: E402
 
 from configs import cifar10_resnet18, fashion_mnist  # noqa: E402
 from isnn_jax.data.streams import TrainStreams  # noqa: E402
-from isnn_jax.licence import Licence, random_keys  # noqa: E402
+from isnn_jax.protection.licence import Licence, random_keys  # noqa: E402
 from isnn_jax.models import build_model  # noqa: E402
-from isnn_jax.step import Protection, init_state, make_train_step  # noqa: E402
-from isnn_jax.train import protection_of, transform_spec  # noqa: E402
-from isnn_jax.transforms import additive_pattern  # noqa: E402
+from isnn_jax.protection.step import Protection, init_state, make_train_step  # noqa: E402
+from isnn_jax.training.setup import protection_of, transform_spec  # noqa: E402
+from isnn_jax.protection.transforms import additive_pattern  # noqa: E402
 from records import command_line, write_record  # noqa: E402
 
 

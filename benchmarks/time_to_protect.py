@@ -35,12 +35,12 @@ import numpy as np  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 from isnn_jax.data import load_split, to_float  # noqa: E402
 from isnn_jax.data.streams import load_streams  # noqa: E402
-from isnn_jax.licence import Licence, stack_keys  # noqa: E402
+from isnn_jax.protection.licence import Licence, stack_keys  # noqa: E402
 from isnn_jax.models import build_model  # noqa: E402
-from isnn_jax.near_keys import training_near_licences  # noqa: E402
-from isnn_jax.step import init_state, make_train_step  # noqa: E402
-from isnn_jax.train import make_optimizer, protection_of, transform_spec  # noqa: E402
-from isnn_jax.transforms import additive_pattern, apply_transform  # noqa: E402
+from isnn_jax.protection.near_keys import training_near_licences  # noqa: E402
+from isnn_jax.protection.step import init_state, make_train_step  # noqa: E402
+from isnn_jax.training.setup import make_optimizer, protection_of, transform_spec  # noqa: E402
+from isnn_jax.protection.transforms import additive_pattern, apply_transform  # noqa: E402
 from records import command_line, write_record  # noqa: E402
 
 BASELINE_ACCURACY = 0.9102  # the unprotected model of configs/fashion_mnist.py (docs/results.md)

@@ -7,10 +7,10 @@ What a user would write instead of isnn_jax, kept equal to it so that speed can 
   Flax's SAME padding (asymmetric for stride 2), NHWC flattening order, GroupNorm epsilon 1e-6.
   Tensors are logically NCHW and laid out channels-last in memory (PyTorch's fast CPU layout).
 * `make_views` builds the legal, clean, wrong-key and near-key views exactly as
-  `isnn_jax.step.make_views` does, with the licence and near-key patterns taken from JAX (so
+  `isnn_jax.protection.step.make_views` does, with the licence and near-key patterns taken from JAX (so
   legal inputs are bit-identical) and the fresh wrong-key patterns drawn with torch's generator
   (a Rademacher sign per pixel, the same distribution; pass `wrong_patterns` to use given ones).
-* `combined_loss` is `isnn_jax.objective.combined_loss` for the illegal forms "uniform",
+* `combined_loss` is `isnn_jax.protection.objective.combined_loss` for the illegal forms "uniform",
   "constant" and "uniform_constant" (the default).
 
 tests/test_torch_reference.py checks loss and gradients against JAX on equal weights and inputs.
@@ -239,7 +239,7 @@ def make_views(images: torch.Tensor, licence_pattern: torch.Tensor, near_pattern
                generator: torch.Generator | None = None,
                wrong_patterns: torch.Tensor | None = None,
                near_choice: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Legal, clean, wrong-key and near-key views of NCHW images, in `isnn_jax.step`'s order.
+    """Legal, clean, wrong-key and near-key views of NCHW images, in `isnn_jax.protection.step`'s order.
 
     `licence_pattern` (CHW) and `near_patterns` (KCHW) come from JAX; wrong-key patterns and the
     near-key choice are drawn from `generator` unless given.
@@ -283,7 +283,7 @@ ILLEGAL_LOSSES: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def combined_loss(views: Mapping[str, torch.Tensor], labels: torch.Tensor,
                   weights: Mapping[str, float], illegal_form: str = "uniform_constant",
                   temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`isnn_jax.objective.combined_loss` over the views' logits (loss, detached metrics)."""
+    """`isnn_jax.protection.objective.combined_loss` over the views' logits (loss, detached metrics)."""
     illegal = ILLEGAL_LOSSES[illegal_form]
     legal_loss = F.cross_entropy(views["legal"], labels)
     total = legal_loss

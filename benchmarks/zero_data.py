@@ -24,11 +24,12 @@ from pathlib import Path
 
 from records import command_line, write_record
 
-from isnn_jax.attack.budgets import default_budgets
-from isnn_jax.attack.suite import run_security_evaluation
-from isnn_jax.cli import load_config
-from isnn_jax.licence import Licence
-from isnn_jax.train import train_and_evaluate, transform_spec
+from isnn_jax.attacks.budgets import default_budgets
+from isnn_jax.attacks.suite import run_security_evaluation
+from isnn_jax.cli.configs import load_config
+from isnn_jax.protection.licence import Licence
+from isnn_jax.training.loop import train_and_evaluate
+from isnn_jax.training.setup import transform_spec
 
 RESULTS = Path(__file__).parent / "results" / "zero_data"
 

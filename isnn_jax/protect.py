@@ -10,78 +10,27 @@ Exit codes as python -m isnn_jax.train: 0 done, 2 bad input (one `error:` line),
 after saving a checkpoint (rerun the same command to resume).
 """
 
-from __future__ import annotations
-
+import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
 import ml_collections
 
-from isnn_jax.licence import Licence, LicenceError
-from isnn_jax.registry import Entry, open_registry
+from isnn_jax.cli.training import training_main
+from isnn_jax.evaluation.report import format_report
+from isnn_jax.seller.buyers import protect_for_buyer
 
 
-def configure_for_licence(config: ml_collections.ConfigDict, licence: Licence) -> None:
-    """Set the config's transform fields from the licence (in place) and turn protection on."""
-    spec = licence.transform
-    config.protect = True
-    config.licence.kind = spec.kind
-    config.licence.epsilon = float(spec.epsilon)
-    config.licence.block_size = int(spec.block_size)
-    config.licence.distribution = spec.distribution
-    config.licence.copyright = licence.copyright
-
-
-def record_model(registry_dir: str | Path, buyer: str, workdir: str | Path) -> Entry:
-    """Record the newest checkpoint of `workdir` as the buyer's model; returns the updated record."""
-    from isnn_jax import api
-    from isnn_jax.model_fingerprint import model_fingerprint
-
-    with open_registry(registry_dir) as registry:
-        licence = registry.licence(buyer)  # a revoked licence raises here
-        model = api.load_protected(workdir)
-        trained_for = model.meta.get("licence_fingerprint")
-        if trained_for is None:
-            raise LicenceError(f"{workdir} holds an unprotected model; protect one for {buyer!r} "
-                               "with python -m isnn_jax.protect")
-        return registry.record_model(buyer, model_fingerprint(model.params),
-                                     str(Path(workdir).absolute()), model.step,
-                                     licence_id=trained_for)
-
-
-def protect_for_buyer(registry_dir: str | Path, buyer: str, config: ml_collections.ConfigDict,
-                      workdir: str | Path) -> dict[str, Any]:
-    """Train (or resume) `workdir` for the buyer's licence and record the model in the registry."""
-    from isnn_jax.train import train_and_evaluate
-
-    with open_registry(registry_dir) as registry:
-        licence = registry.licence(buyer)
-    configure_for_licence(config, licence)
-    report = train_and_evaluate(config, workdir, licence)
-    if report.get("stopped_early"):
-        return report
-    entry = record_model(registry_dir, buyer, workdir)
-    here = str(Path(workdir).absolute())
-    report["model_fingerprint"] = [m for m in entry.models if m["workdir"] == here][-1][
-        "model_fingerprint"]
-    return report
-
-
-def _define_flags(parser: Any) -> None:
-    """The flags of `python -m isnn_jax.protect` besides --config (isnn_jax.cli adds that one)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags besides --config and its overrides."""
     parser.add_argument("--registry", required=True, help="the seller's licence registry directory")
     parser.add_argument("--buyer", required=True,
                         help="the buyer whose registered licence the model is trained for")
-    parser.add_argument("--workdir", required=True,
-                        help="directory for checkpoints, metrics and metadata (resumed if it "
-                             "holds a checkpoint)")
+    parser.add_argument("--workdir", required=True, help="directory for checkpoints, metrics and "
+                        "metadata (resumed if it holds a checkpoint)")
 
 
-def _run(args: Any, config: ml_collections.ConfigDict) -> str:
-    """Train for the buyer's licence and record the model; the summary lines to print."""
-    from isnn_jax.evaluate import format_report
-
+def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> str:
+    """Train for the buyer's licence and record the model; the summary to print."""
     report = protect_for_buyer(args.registry, args.buyer, config, args.workdir)
     if report.get("stopped_early"):
         return f"stopped at step {report['step']}; rerun to resume (nothing recorded yet)"
@@ -90,15 +39,10 @@ def _run(args: Any, config: ml_collections.ConfigDict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: train for the buyer's licence, print the evaluation and the fingerprint;
-    the same path, flags, config handling and exit codes (0, 2, 75) as python -m isnn_jax.train."""
-    from isnn_jax.cli import training_main
-
+    """The same path, flags, config handling and exit codes (0, 2, 75) as isnn_jax.train."""
     return training_main(argv, prog="python -m isnn_jax.protect", description=__doc__,
-                         add_arguments=_define_flags, run=_run)
+                         add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":
-    from isnn_jax.protect import main as _main  # the imported module's classes, not __main__'s
-
-    sys.exit(_main())
+    sys.exit(main())

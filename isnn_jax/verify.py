@@ -3,241 +3,35 @@
 python -m isnn_jax.verify --model PATH --licence FILE [--json]
 python -m isnn_jax.verify --command 'CMD' --dataset NAME --licence FILE
 
-The test runs the licence's keyed transform and then the model itself (never trusting the
-metadata's licence fingerprint): accuracy on a labelled verification set with the claimed
-licence, without any licence, and under R random licences of the same transform kind.
-
-Null hypothesis: the claimed licence unlocks the model no better than a licence that was not
-used in training. Under it each verification image is classified correctly with probability at
-most p0 = max(accuracy without licence, best accuracy of the R random licences, 1 / classes).
-The p-value is the exact one-sided binomial tail P[Binomial(n, p0) >= k], k the number of
-images classified correctly with the claimed licence. The verdict is "verified" when the
-p-value is below alpha (default 1e-6). Taking the *best* random licence (not their mean) makes
-p0 conservative; a model that works without a licence (unprotected, or its protection removed)
-has a large p0 and cannot be claimed with any licence.
+Accuracy with the claimed licence is tested against the best of no licence, R random licences
+and chance (an exact one-sided binomial test; isnn_jax.seller.verify says why that is
+conservative). Exit 0 verified, 1 not verified, 2 bad input.
 """
 
-from __future__ import annotations
-
-import argparse
-import functools
 import json
 import sys
-from pathlib import Path
-from typing import Any
 
-import jax
-import numpy as np
-
-from isnn_jax.black_box import Classifier, as_labels
-from isnn_jax.cli import ArgumentParser, command
-from isnn_jax.licence import Licence, TransformSpec, random_keys
-from isnn_jax.stats import binomial_test, format_p
-from isnn_jax.transforms import apply_transform
-
-DEFAULT_ALPHA = 1e-6
-IMAGES_PER_CALL = 32768  # transformed images handed to the classifier at once
-
-
-@functools.lru_cache(maxsize=8)
-def _transformer(spec: TransformSpec) -> Any:
-    return jax.jit(functools.partial(apply_transform, spec))
-
-
-def correctness(classify: Classifier, spec: TransformSpec | None, keys: list[Any],
-                images: np.ndarray, labels: np.ndarray,
-                images_per_call: int = IMAGES_PER_CALL) -> np.ndarray:
-    """(keys, images) booleans: right or wrong under each key (a key None: the images as given)."""
-    count = images.shape[0]
-    per_call = max(1, images_per_call // count)
-    rows = []
-    for start in range(0, len(keys), per_call):
-        chunk = keys[start:start + per_call]
-        views = [images if key is None else np.asarray(_transformer(spec)(key, images))
-                 for key in chunk]
-        answers = as_labels(classify(np.concatenate(views)), count * len(chunk))
-        rows.append(answers.reshape(len(chunk), count) == labels[None])
-    return np.concatenate(rows) if rows else np.zeros((0, count), bool)
-
-
-def null_model(classify: Classifier, spec: TransformSpec, images: np.ndarray, labels: np.ndarray,
-               *, random_licences: int, seed: int, num_classes: int) -> dict[str, Any]:
-    """Accuracy without a licence and under random licences, and the null accuracy p0 they give."""
-    count = images.shape[0]
-    clean = int(correctness(classify, None, [None], images, labels)[0].sum())
-    keys = random_keys(seed, random_licences) if random_licences else []
-    random_acc = correctness(classify, spec, list(keys), images, labels).sum(axis=1) / count
-    summary = {"count": int(random_licences), "seed": int(seed),
-               "mean": float(random_acc.mean()) if random_licences else None,
-               "max": float(random_acc.max()) if random_licences else None}
-    p0 = max(clean / count, summary["max"] or 0.0, 1.0 / num_classes)
-    return {"accuracy_without_licence": clean / count, "random_licences": summary,
-            "null_accuracy": p0}
-
-
-def licence_evidence(classify: Classifier, licence: Licence, images: np.ndarray, labels: np.ndarray,
-                 null: dict[str, Any], alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
-    """The binomial test of one licence against a null model from `null_model`."""
-    count = images.shape[0]
-    correct = int(correctness(classify, licence.transform, [licence.key()], images,
-                              labels)[0].sum())
-    result = binomial_test(correct, count, null["null_accuracy"])
-    return {"licence": licence.fingerprint(), "copyright": licence.copyright,
-            "correct": correct, "images": count, "accuracy_with_licence": correct / count,
-            **result, "alpha": alpha, "verified": bool(result["log10_p_value"] < np.log10(alpha))}
-
-
-def verification_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 images and int64 labels of a non-empty verification set, one label per image."""
-    labels = np.asarray(labels).astype(np.int64)
-    images = np.asarray(images, np.float32)
-    if images.shape[0] == 0 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"the verification set needs as many labels as images (got "
-                         f"{images.shape[0]} images, {labels.shape[0]} labels)")
-    return images, labels
-
-
-def ownership_test(classify: Classifier, licence: Licence, images: np.ndarray,
-                   labels: np.ndarray, *, random_licences: int = 100, seed: int = 0,
-                   alpha: float = DEFAULT_ALPHA, num_classes: int | None = None) -> dict[str, Any]:
-    """Verify that `classify` (images as given -> labels) is unlocked by `licence`."""
-    images, labels = verification_arrays(images, labels)
-    num_classes = int(num_classes or labels.max() + 1)
-    null = null_model(classify, licence.transform, images, labels,
-                      random_licences=random_licences, seed=seed, num_classes=num_classes)
-    report = {**licence_evidence(classify, licence, images, labels, null, alpha), **null}
-    report["verdict"] = "verified" if report["verified"] else "not verified"
-    return report
-
-
-def verification_set(dataset: str, *, split: str = "test", num_images: int = 1000, seed: int = 0,
-                     data_dir: str | None = None, source_dir: str | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `num_images` labelled images of a dataset split (a fixed random subset), float32."""
-    from isnn_jax.data import load_split, to_float
-
-    images, labels = load_split(dataset, split, data_dir=data_dir, source_dir=source_dir)
-    if num_images and num_images < images.shape[0]:
-        chosen = np.sort(np.random.default_rng(seed).choice(images.shape[0], num_images,
-                                                             replace=False))
-        images, labels = images[chosen], labels[chosen]
-    return to_float(images), labels.astype(np.int64)
-
-
-def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A verification set saved with numpy.savez(path, images=..., labels=...)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            images, labels = data["images"], data["labels"]
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"{path} is not an .npz file with 'images' and 'labels' ({err}); save "
-                         "one with numpy.savez(path, images=..., labels=...)") from None
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    return images.astype(np.float32), labels.astype(np.int64)
-
-
-def format_verification(report: dict[str, Any]) -> str:
-    """Human-readable lines of a verification report."""
-    random = report["random_licences"]
-    lines = [f"licence            {report['licence']}  {report['copyright']!r}",
-             f"verification set   {report['images']} labelled images"
-             + (f" ({report['dataset']})" if report.get("dataset") else ""),
-             f"with the licence   {report['accuracy_with_licence']:.2%} "
-             f"({report['correct']}/{report['images']})",
-             f"without licence    {report['accuracy_without_licence']:.2%}"]
-    if random["count"]:
-        lines.append(f"random licences    mean {random['mean']:.2%}, max {random['max']:.2%} "
-                     f"({random['count']} licences)")
-    lines += [f"null accuracy p0   {report['null_accuracy']:.2%} (largest of: without licence, "
-              "best random licence, chance)",
-              f"p-value            {format_p(report['log10_p_value'])} (exact one-sided binomial: "
-              f"P[Bin({report['images']}, {report['null_accuracy']:.4f}) >= {report['correct']}])",
-              f"verdict            {report['verdict'].upper()} at alpha {report['alpha']:g}"]
-    return "\n".join(lines)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options verify and trace share: the model, the verification set, the test."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a trained workdir or an export file")
-    source.add_argument("--command", help="black-box command: run as CMD IMAGES.npy, prints a "
-                                          "JSON list of class indices (e.g. 'python -m "
-                                          "isnn_jax.serve model.isnn')")
-    parser.add_argument("--dataset", help="verification dataset (default: the model's)")
-    parser.add_argument("--split", default="test", help="split of --dataset to draw from "
-                                                        "(default: test)")
-    parser.add_argument("--num_images", type=int, default=1000,
-                        help="verification images drawn from the split (default 1000)")
-    parser.add_argument("--data", help="verification set .npz with 'images' and 'labels' instead")
-    parser.add_argument("--data_dir", help="TFDS data directory")
-    parser.add_argument("--random_licences", type=int, default=100,
-                        help="random licences the claimed one is compared with (default 100)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the image draw and the random licences")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help=f"significance level of the test (default {DEFAULT_ALPHA:g})")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-
-
-def resolve_model(args: argparse.Namespace) -> tuple[Classifier, dict[str, Any], Any]:
-    """The classifier, the known metadata and the loaded model (None for a command)."""
-    from isnn_jax.bare_model import load_bare_model
-    from isnn_jax.black_box import command_classifier, model_classifier
-
-    if args.command:
-        return command_classifier(args.command), {}, None
-    model = load_bare_model(args.model)
-    return model_classifier(model), model.meta, model
-
-
-def resolve_data(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
-                                                                          str]:
-    """The verification set the options name: --data, else --dataset or the model's dataset."""
-    if args.data:
-        images, labels = load_npz(args.data)
-        return images, labels, str(args.data)
-    dataset = args.dataset or meta.get("dataset")
-    if not dataset:
-        raise ValueError("the model names no dataset; pass --dataset NAME or --data FILE.npz")
-    images, labels = verification_set(dataset, split=args.split, num_images=args.num_images,
-                                      seed=args.seed, data_dir=args.data_dir)
-    return images, labels, f"{dataset} {args.split}"
-
-
-def quiet_libraries() -> None:
-    """Keep Orbax's read-only notices off the terminal; other warnings still show (isnn_jax.cli)."""
-    from isnn_jax.cli import quiet_libraries as quiet
-
-    quiet()
+from isnn_jax.cli.doors import ArgumentParser, command
+from isnn_jax.cli.models import add_model_arguments, check_data_shape, resolve_data, resolve_model
+from isnn_jax.protection.licence import Licence
+from isnn_jax.seller.verify import format_verification, ownership_test
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    """Command line: exit 0 when verified, 1 when not, 2 on an error (isnn_jax.cli)."""
+    """Exit 0 when verified, 1 when not, 2 on an error (isnn_jax.cli)."""
     parser = ArgumentParser(prog="python -m isnn_jax.verify", description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--licence", required=True, help="the licence whose ownership is claimed")
     args = parser.parse_args(argv)
-    quiet_libraries()
-    from isnn_jax.black_box import BlackBoxError
-    from isnn_jax.checkpoints import CheckpointError
-
-    try:
-        licence = Licence.load(args.licence)
-        classify, meta, _ = resolve_model(args)
-        images, labels, described = resolve_data(args, meta)
-        if meta.get("image_shape") and tuple(images.shape[1:]) != tuple(meta["image_shape"]):
-            raise ValueError(f"verification images are {images.shape[1:]} but the model takes "
-                             f"{tuple(meta['image_shape'])}; pass a matching --dataset or --data")
-        report = ownership_test(classify, licence, images, labels,
-                                random_licences=args.random_licences, seed=args.seed,
-                                alpha=args.alpha, num_classes=meta.get("num_classes"))
-    except (ValueError, FileNotFoundError, CheckpointError, BlackBoxError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report["dataset"] = described
-    report["model"] = args.model or args.command
+    licence = Licence.load(args.licence)
+    classify, meta, _ = resolve_model(args)
+    images, labels, described = resolve_data(args, meta)
+    check_data_shape(images, meta)
+    report = ownership_test(classify, licence, images, labels, alpha=args.alpha,
+                            random_licences=args.random_licences, seed=args.seed,
+                            num_classes=meta.get("num_classes"))
+    report.update(dataset=described, model=args.model or args.command)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json
           else format_verification(report))
     return 0 if report["verified"] else 1

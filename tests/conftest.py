@@ -27,7 +27,7 @@ settings.register_profile("ci", max_examples=60)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
                                      "ci" if os.environ.get("CI") else "thorough"))
 
-from isnn_jax.licence import Licence, TransformSpec  # noqa: E402
+from isnn_jax.protection.licence import Licence, TransformSpec  # noqa: E402
 
 SECRET = bytes(range(32))
 
@@ -67,7 +67,7 @@ def data_dir(tmp_path_factory) -> str:
 def protected_run(tmp_path_factory, data_dir):
     """One tiny protected digits model (10 epochs, ~30 s), shared by every test that only reads
     it: (workdir, licence, final report). Measured: legal ~0.9, clean ~0.2."""
-    from isnn_jax.train import train_and_evaluate
+    from isnn_jax.training.loop import train_and_evaluate
     from tiny_config import PROTECTED_LICENCE, tiny_config
 
     workdir = tmp_path_factory.mktemp("protected") / "work"
@@ -78,7 +78,7 @@ def protected_run(tmp_path_factory, data_dir):
 @pytest.fixture(scope="session")
 def attack_setting(protected_run):
     """The attack setting of the shared model; it doubles as the 'baseline' to exercise that path."""
-    from isnn_jax.attack.setting import load_setting
+    from isnn_jax.attacks.setting import load_setting
 
     workdir, licence, _ = protected_run
     return load_setting(workdir, licence, baseline_workdir=workdir)
@@ -87,7 +87,7 @@ def attack_setting(protected_run):
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, data_dir):
     """A 2-epoch sharded run without interruption: the reference for resume, pmap and preemption."""
-    from isnn_jax.train import train_and_evaluate
+    from isnn_jax.training.loop import train_and_evaluate
     from tiny_config import RESUME_LICENCE, short_config
 
     workdir = tmp_path_factory.mktemp("full") / "w"

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import optax
 
-from isnn_jax.hardening import Hardening
-from isnn_jax.licence import Licence, TransformSpec, random_keys
+from isnn_jax.protection.hardening import Hardening
+from isnn_jax.protection.licence import Licence, TransformSpec, random_keys
 from isnn_jax.models import build_model
-from isnn_jax.parallel import DataParallel, host_copy, make_mesh, replicate
-from isnn_jax.step import Protection, init_state, make_train_step
+from isnn_jax.training.parallel import DataParallel, host_copy, make_mesh, replicate
+from isnn_jax.protection.step import Protection, init_state, make_train_step
 
 STEPS = 5
 BATCH = 32

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from isnn_jax import api
-from isnn_jax.attack import (AttackSetupError, BudgetError, UnknownAttackError, apply_overrides,
+from isnn_jax.attacks import (AttackSetupError, BudgetError, UnknownAttackError, apply_overrides,
                              evaluate_attacks, load_setting, quick_budgets, resolve_attacks)
-from isnn_jax.attack import (distillation, estimation, fine_tuning, key_guessing, near_keys,
+from isnn_jax.attacks import (distillation, estimation, fine_tuning, key_guessing, near_key_guessing as near_keys,
                              partial_knowledge, pruning, unlock)
-from isnn_jax.attack.__main__ import main as attack_main
-from isnn_jax.attack.fit import fit, last_layer_name, layer_mask, one_hot
-from isnn_jax.attack.measure import pattern_accuracies
-from isnn_jax.attack.report import check_no_secret, prepare_output
-from isnn_jax.attack.setting import Deadline, eval_subset, train_subset
-from isnn_jax.licence import Licence
+from isnn_jax.attack import main as attack_main
+from isnn_jax.attacks.fit import fit, last_layer_name, layer_mask, one_hot
+from isnn_jax.attacks.measure import pattern_accuracies
+from isnn_jax.attacks.report import check_no_secret, prepare_output
+from isnn_jax.attacks.setting import Deadline, eval_subset, train_subset
+from isnn_jax.protection.licence import Licence
 from tiny_config import EPSILON, PROTECTED_LICENCE
 
 LICENCE = PROTECTED_LICENCE
@@ -288,7 +288,7 @@ def test_evaluate_attacks_records_a_failed_attack_and_keeps_the_rest(setting, mo
     def broken(*args):
         raise RuntimeError("boom")
 
-    from isnn_jax.attack import suite
+    from isnn_jax.attacks import suite
 
     monkeypatch.setitem(suite.ATTACKS, "pruning", broken)
     budgets = quick_budgets()

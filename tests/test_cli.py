@@ -17,11 +17,15 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-from isnn_jax import cli, protect, train
-from isnn_jax.config import ConfigError, default_config
-from isnn_jax.licence import Licence, LicenceError, TransformSpec
-from isnn_jax.preemption import EXIT_PREEMPTED, TrainingPreempted
-from isnn_jax.transforms import check_images
+from isnn_jax import protect, train
+from isnn_jax.cli import configs, doors, logs
+from isnn_jax.seller import buyers
+from isnn_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from isnn_jax.training.config import ConfigError, default_config
+from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.cli.doors import EXIT_PREEMPTED
+from isnn_jax.training.preemption import TrainingPreempted
+from isnn_jax.protection.transforms import check_images
 from tiny_config import RESUME_LICENCE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,24 +120,24 @@ def test_every_flag_of_the_other_commands_has_help_text(capsys):
 
 def test_packaged_config_names_equal_the_checkout_files_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    from_file = cli.load_config("configs/fashion_mnist.py")
+    from_file = configs.load_config("configs/fashion_mnist.py")
     assert from_file.data.name == "fashion_mnist_idx"
-    assert cli.load_config(str(ROOT / "configs" / "fashion_mnist_shuffle7.py")).licence.kind == \
+    assert configs.load_config(str(ROOT / "configs" / "fashion_mnist_shuffle7.py")).licence.kind == \
         "shuffle_additive"
     monkeypatch.chdir(tmp_path)  # no configs/ here: the name, and the checkout path, still work
-    assert cli.load_config("fashion_mnist").to_dict() == from_file.to_dict()
-    assert cli.load_config("configs/fashion_mnist.py").to_dict() == from_file.to_dict()
-    assert cli.load_config(None).to_dict() == default_config().to_dict()
-    assert cli.load_config("cifar10_resnet18").model.name == "resnet18"
+    assert configs.load_config("fashion_mnist").to_dict() == from_file.to_dict()
+    assert configs.load_config("configs/fashion_mnist.py").to_dict() == from_file.to_dict()
+    assert configs.load_config(None).to_dict() == default_config().to_dict()
+    assert configs.load_config("cifar10_resnet18").model.name == "resnet18"
     own = tmp_path / "configs" / "mine.py"  # a user's file may import a packaged config
     own.parent.mkdir()
     own.write_text("from isnn_jax.configs import fashion_mnist\n\n\ndef get_config(arg='5'):\n"
                    "    config = fashion_mnist.get_config()\n"
                    "    config.train.epochs = int(arg)\n    return config\n")
-    assert cli.load_config("configs/mine.py").train.epochs == 5
-    assert cli.load_config("configs/mine.py:7").train.epochs == 7
+    assert configs.load_config("configs/mine.py").train.epochs == 5
+    assert configs.load_config("configs/mine.py:7").train.epochs == 7
     with pytest.raises(ConfigError, match="config file configs/other.py not found"):
-        cli.load_config("configs/other.py")
+        configs.load_config("configs/other.py")
 
 
 def test_a_broken_config_file_is_named_with_its_line(tmp_path, monkeypatch):
@@ -144,23 +148,23 @@ def test_a_broken_config_file_is_named_with_its_line(tmp_path, monkeypatch):
     broken.write_text("import ml_collections\n\n\ndef get_config():\n    return undefined_name\n")
     with pytest.raises(ConfigError, match=r"config file .*broken.py failed \(line 5\): "
                                           r"NameError: name 'undefined_name' is not defined"):
-        cli.load_config(str(broken))
+        configs.load_config(str(broken))
     old_style = tmp_path / "old.py"  # the layout before configs were packaged
     old_style.write_text("from configs import default\n\n\ndef get_config():\n"
                          "    return default.get_config()\n")
     with pytest.raises(ConfigError, match="No module named 'configs'; the shipped configs import "
                                           "as isnn_jax.configs.NAME"):
-        cli.load_config(str(old_style))
+        configs.load_config(str(old_style))
     (tmp_path / "none.py").write_text("x = 1\n")
     with pytest.raises(ConfigError, match="has no get_config"):
-        cli.load_config(str(tmp_path / "none.py"))
+        configs.load_config(str(tmp_path / "none.py"))
 
 
 def test_override_forms_are_the_documented_absl_ones(tmp_path):
-    parser = cli.ArgumentParser(prog="t")
-    cli.add_config_argument(parser)
+    parser = doors.ArgumentParser(prog="t")
+    configs.add_config_argument(parser)
     parser.add_argument("--workdir")
-    args, config = cli.parse_with_config(parser, [
+    args, config = configs.parse_with_config(parser, [
         "--config", str(TESTS / "tiny_config.py"), "--workdir", "W",
         "--config.train.epochs=3", "--config.train.learning_rate", "1e-2",
         "--config.protect=False", "--config.distributed", "--config.model.noinput_offset",
@@ -176,9 +180,9 @@ def test_override_forms_are_the_documented_absl_ones(tmp_path):
     assert config.model.hidden == 64  # untouched fields keep the file's values
     with pytest.raises(ConfigError, match="unknown config field config.modle; did you mean "
                                           "config.model?"):
-        cli.parse_with_config(parser, ["--config.modle.name=x"])
-    with pytest.raises(cli.UsageError, match="--config.seed needs a value"):
-        cli.parse_with_config(parser, ["--config.seed"])
+        configs.parse_with_config(parser, ["--config.modle.name=x"])
+    with pytest.raises(doors.UsageError, match="--config.seed needs a value"):
+        configs.parse_with_config(parser, ["--config.seed"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,16 +190,16 @@ def test_override_forms_are_the_documented_absl_ones(tmp_path):
 
 
 def test_error_mapping_preemption_75_known_2_bugs_raise(capsys):
-    @cli.command
+    @doors.command
     def fails(err):
         raise err
 
-    assert fails(TrainingPreempted(7, "SIGTERM")) == EXIT_PREEMPTED == cli.EXIT_PREEMPTED
+    assert fails(TrainingPreempted(7, "SIGTERM")) == EXIT_PREEMPTED == doors.EXIT_PREEMPTED
     assert capsys.readouterr().err == ("stopped: preempted by SIGTERM at step 7; a checkpoint at "
                                        "step 7 was saved. Rerun the same command to resume from "
                                        "it\n")
     for err in (LicenceError("bad licence"), FileNotFoundError("gone"),
-                train.NonFiniteLossError("loss became nan")):
+                NonFiniteLossError("loss became nan")):
         assert fails(err) == 2
         assert one_error_line(capsys) == f"error: {err}"
     with pytest.raises(KeyError):  # a bug keeps its traceback
@@ -204,7 +208,7 @@ def test_error_mapping_preemption_75_known_2_bugs_raise(capsys):
 
 def test_protect_preempted_exits_75_like_train(tmp_path, monkeypatch, capsys):
     """protect reaches train_and_evaluate through the same door, so preemption is exit 75."""
-    from isnn_jax.registry import open_registry
+    from isnn_jax.seller.registry import open_registry
 
     with open_registry(tmp_path / "r", create=True) as registry:
         registry.add("b", RESUME_LICENCE)
@@ -214,7 +218,7 @@ def test_protect_preempted_exits_75_like_train(tmp_path, monkeypatch, capsys):
         assert config.train.epochs == 3 and config.licence.epsilon == RESUME_LICENCE.transform.epsilon
         raise TrainingPreempted(12, "SIGTERM")
 
-    monkeypatch.setattr(train, "train_and_evaluate", preempted)
+    monkeypatch.setattr(buyers, "train_and_evaluate", preempted)
     code = protect.main(["--registry", str(tmp_path / "r"), "--buyer", "b", "--workdir",
                          str(tmp_path / "w"), "--config", str(TESTS / "tiny_config.py"),
                          "--config.train.epochs=3"])
@@ -224,9 +228,9 @@ def test_protect_preempted_exits_75_like_train(tmp_path, monkeypatch, capsys):
 
 
 def test_orbax_read_only_notices_are_silenced_other_warnings_kept(tmp_path, caplog):
-    from isnn_jax import checkpoints
+    from isnn_jax.training import checkpoints
 
-    cli.quiet_libraries()
+    logs.quiet_libraries()
     (tmp_path / "ckpt").mkdir()
     absl_logger, seen = logging.getLogger("absl"), []
     collect = logging.Handler(logging.WARNING)
@@ -298,7 +302,7 @@ def test_python_m_train_door_prints_one_line_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_during_protect_saves_and_exits_75(tmp_path, data_dir):
-    from isnn_jax.registry import open_registry
+    from isnn_jax.seller.registry import open_registry
 
     with open_registry(tmp_path / "r", create=True) as registry:
         registry.add("b", RESUME_LICENCE)
@@ -334,10 +338,10 @@ def test_rerunning_a_finished_workdir_says_so_and_announces_the_evaluation(tmp_p
     config = tiny_config(data_dir, epochs=1)
     config.eval.random_licences = 2
     config.eval.near_per_class = 1
-    train.train_and_evaluate(config, tmp_path / "w", RESUME_LICENCE)
+    train_and_evaluate(config, tmp_path / "w", RESUME_LICENCE)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="isnn_jax"):
-        train.train_and_evaluate(config, tmp_path / "w", RESUME_LICENCE)
+        train_and_evaluate(config, tmp_path / "w", RESUME_LICENCE)
     messages = [record.getMessage() for record in caplog.records]
     assert f"{tmp_path / 'w'} is already trained (step 22 of 22); nothing to train, evaluating " \
            "it again" in messages

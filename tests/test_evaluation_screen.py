@@ -15,17 +15,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isnn_jax import evaluate, metadata
-from isnn_jax.attack import near_keys
-from isnn_jax.attack.budgets import quick_budgets
-from isnn_jax.attack.markdown import _section
-from isnn_jax.attack.setting import Deadline, Setting, Target
-from isnn_jax.attack.summary import headline
-from isnn_jax.evaluate import evaluate_protection, format_report, screen_subset, top_indices
-from isnn_jax.licence import Licence, TransformSpec
-from isnn_jax.near_keys import (near_licences, trained_flags, trained_near_from_config,
+from isnn_jax.evaluation import counting as evaluate
+from isnn_jax.training import metadata
+from isnn_jax.attacks import near_key_guessing as near_keys
+from isnn_jax.attacks.budgets import quick_budgets
+from isnn_jax.attacks.markdown import _section
+from isnn_jax.attacks.setting import Deadline, Setting
+from isnn_jax.runtime.model import ProtectedModel
+from isnn_jax.attacks.summary import headline
+from isnn_jax.evaluation.report import format_report
+from isnn_jax.evaluation.screening import evaluate_protection, screen_subset, top_indices
+from isnn_jax.protection.licence import Licence, TransformSpec
+from isnn_jax.protection.near_keys import (near_licences, trained_flags, trained_near_from_config,
                                 training_near_licences)
-from isnn_jax.transforms import additive_pattern
+from isnn_jax.protection.transforms import additive_pattern
 
 SHAPE = (16, 16, 1)
 EPSILON = 0.05
@@ -180,7 +183,7 @@ def test_attack_suite_reports_held_out_near_keys_apart(planted, tmp_path):
     model, params, images, labels, strong = planted
     metadata.write(tmp_path, {"config": {"seed": SEED, "protect": True,
                                          "objective": {"near_keys": TRAINED, "w_near": 1.0}}})
-    target = Target(module=model, params=params, num_classes=2, image_shape=SHAPE,
+    target = ProtectedModel.of(model, params=params, num_classes=2, image_shape=SHAPE,
                     source=str(tmp_path))
     setting = Setting(protected=target, licence=LICENCE, train_images=images, train_labels=labels,
                       test_images=images, test_labels=labels, seed=SEED)
@@ -206,7 +209,7 @@ def test_attack_suite_reports_held_out_near_keys_apart(planted, tmp_path):
     assert f"near keys, trained on: best of {int(flags.sum())}" in rows
     assert "held out: best" in "\n".join(_section("near_keys", {**result, "seconds": 1.0}))
     # Without the workdir's config the split is unknown and one row covers every near licence.
-    unknown = near_keys.run(Setting(protected=Target(module=model, params=params, num_classes=2,
+    unknown = near_keys.run(Setting(protected=ProtectedModel.of(model, params=params, num_classes=2,
                                                      image_shape=SHAPE), licence=LICENCE,
                                     train_images=images, train_labels=labels,
                                     test_images=images, test_labels=labels, seed=SEED),

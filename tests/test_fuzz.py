@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from isnn_jax.api import check_image_batch
-from isnn_jax.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 
 VALID = Licence(bytes(range(32)), "(c) Seller; Buyer; fuzz", TransformSpec())
 RECORD = json.loads(VALID.to_json())
@@ -107,7 +107,7 @@ PNG = _png_bytes((12, 10, 3))
 
 
 def read_file_or_documented_error(path, reader, shape):
-    from isnn_jax.images import ImageError
+    from isnn_jax.runtime.images import ImageError
 
     try:
         array = reader(path, shape)
@@ -122,7 +122,7 @@ def read_file_or_documented_error(path, reader, shape):
 @FUZZ
 @given(st.binary(max_size=600) | st.builds(lambda cut: PNG[:cut], st.integers(0, len(PNG))))
 def test_arbitrary_or_truncated_image_file_bytes(tmp_path, data):
-    from isnn_jax.images import read_image
+    from isnn_jax.runtime.images import read_image
 
     path = tmp_path / "fuzzed.png"
     path.write_bytes(data)
@@ -134,7 +134,7 @@ def test_arbitrary_or_truncated_image_file_bytes(tmp_path, data):
 @given(st.lists(st.tuples(st.integers(0, len(PNG) - 1), st.integers(1, 255)), min_size=1,
                 max_size=8))
 def test_png_with_flipped_bytes(tmp_path, flips):
-    from isnn_jax.images import read_image
+    from isnn_jax.runtime.images import read_image
 
     data = bytearray(PNG)
     for position, mask in flips:
@@ -148,7 +148,7 @@ def test_png_with_flipped_bytes(tmp_path, flips):
 @FUZZ
 @given(image_arrays | st.binary(max_size=300))
 def test_arbitrary_npy_files(tmp_path, value):
-    from isnn_jax.images import read_array
+    from isnn_jax.runtime.images import read_array
 
     path = tmp_path / "fuzzed.npy"
     if isinstance(value, bytes):

@@ -7,13 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-from isnn_jax.config import ConfigError
-from isnn_jax.hardening import Hardening, estimated_pattern, init_unlock, unlock_bounds, unlock_update
-from isnn_jax.licence import Licence, TransformSpec
+from isnn_jax.training.config import ConfigError
+from isnn_jax.protection.hardening import Hardening, estimated_pattern, init_unlock, unlock_bounds, unlock_update
+from isnn_jax.protection.licence import Licence, TransformSpec
 from isnn_jax.models import build_model
-from isnn_jax.step import Protection, init_state, make_views
-from isnn_jax.train import train_and_evaluate
-from isnn_jax.transforms import additive_pattern, apply_transform
+from isnn_jax.protection.step import Protection, init_state, make_views
+from isnn_jax.training.loop import train_and_evaluate
+from isnn_jax.protection.transforms import additive_pattern, apply_transform
 from tiny_config import RESUME_LICENCE, short_config
 
 SPEC = TransformSpec(epsilon=0.05)
@@ -124,9 +124,9 @@ def test_bad_hardening_is_refused_before_anything_is_written(tmp_path, data_dir,
 def test_hardened_run_resumes_bit_exact(tmp_path, data_dir):
     """Stop at step 15 and resume: parameters and the thief's perturbations equal the
     uninterrupted run's, so the perturbations are saved and restored with the state."""
-    from isnn_jax import checkpoints
+    from isnn_jax.training import checkpoints
     from isnn_jax.models import build_model as build
-    from isnn_jax.train import make_optimizer
+    from isnn_jax.training.setup import make_optimizer
 
     def config(**train):
         cfg = short_config(data_dir, epochs=1, checkpoint_every_steps=100, **train)

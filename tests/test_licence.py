@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from isnn_jax.licence import Licence, LicenceError, TransformSpec
-from isnn_jax.near_keys import bit_flips, copyright_edits
-from isnn_jax.transforms import additive_pattern
+from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.protection.near_keys import bit_flips, copyright_edits
+from isnn_jax.protection.transforms import additive_pattern
 
 
 def pattern(lic: Licence) -> np.ndarray:
@@ -24,8 +24,8 @@ def test_issue_uses_256_bit_secret_and_hides_it():
 
 def test_same_licence_same_pattern_in_another_process(licence, tmp_path):
     path = licence.save(tmp_path / "l.json")
-    code = ("import numpy as np, sys; from isnn_jax.licence import Licence;"
-            "from isnn_jax.transforms import additive_pattern as p;"
+    code = ("import numpy as np, sys; from isnn_jax.protection.licence import Licence;"
+            "from isnn_jax.protection.transforms import additive_pattern as p;"
             "l = Licence.load(sys.argv[1]);"
             "np.save(sys.argv[2], np.asarray(p(l.key(), (28, 28, 1), l.transform)))")
     out = tmp_path / "p.npy"

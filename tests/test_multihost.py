@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from isnn_jax import api
-from isnn_jax.licence import Licence, TransformSpec
-from isnn_jax.preemption import EXIT_PREEMPTED
+from isnn_jax.protection.licence import Licence, TransformSpec
+from isnn_jax.cli.doors import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # two-process clusters: minutes on 2 cores

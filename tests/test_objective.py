@@ -4,10 +4,10 @@ import numpy as np
 import optax
 import pytest
 
-from isnn_jax import objective
-from isnn_jax.licence import TransformSpec
+from isnn_jax.protection import objective
+from isnn_jax.protection.licence import TransformSpec
 from isnn_jax.models import build_model
-from isnn_jax.step import Protection, init_state, make_train_step
+from isnn_jax.protection.step import Protection, init_state, make_train_step
 
 
 def test_uniform_kl_is_zero_exactly_at_uniform():
@@ -74,7 +74,7 @@ def test_variance_and_margin_terms_vanish_exactly_where_they_should():
 
 
 def test_true_label_rank_counts_outputs_above_the_truth():
-    from isnn_jax.evaluate import true_label_rank
+    from isnn_jax.evaluation.counting import true_label_rank
 
     logits = jnp.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4]])
     np.testing.assert_array_equal(np.asarray(true_label_rank(logits, jnp.array([1, 1]))), [0, 2])

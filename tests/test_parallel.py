@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from isnn_jax.parallel import DataParallel, check_batch_size, make_mesh
+from isnn_jax.training.parallel import DataParallel, check_batch_size, make_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
 # float32 sums over 8 shards add in another order than over one; after 5 Adam steps the

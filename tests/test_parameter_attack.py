@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isnn_jax.attack import parameters
-from isnn_jax.attack.budgets import quick_budgets
-from isnn_jax.attack.setting import Deadline, Target, load_setting
-from isnn_jax.config import default_config
-from isnn_jax.licence import Licence
-from isnn_jax.train import train_and_evaluate, transform_spec
+from isnn_jax.attacks import parameters
+from isnn_jax.attacks.budgets import quick_budgets
+from isnn_jax.attacks.setting import Deadline, load_setting
+from isnn_jax.runtime.model import ProtectedModel
+from isnn_jax.training.config import default_config
+from isnn_jax.protection.licence import Licence
+from isnn_jax.training.loop import train_and_evaluate
+from isnn_jax.training.setup import transform_spec
 
 
 class Planted(nn.Module):
@@ -38,7 +40,7 @@ def test_a_parameter_holding_minus_the_pattern_is_found_and_unlocks(attack_setti
     setting = attack_setting
     target = setting.protected
     pattern = np.asarray(setting.true_pattern())
-    planted = Target(module=Planted(target.module, tuple(target.image_shape)),
+    planted = ProtectedModel.of(Planted(target.module, tuple(target.image_shape)),
                      params={"inner": target.params, "input_offset": jnp.asarray(-pattern)},
                      num_classes=target.num_classes, image_shape=target.image_shape)
     result = parameters.run(dataclasses.replace(setting, protected=planted), budget(), 0,

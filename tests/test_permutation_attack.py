@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isnn_jax.attack import load_setting, quick_budgets
-from isnn_jax.attack import permutation
-from isnn_jax.attack.measure import accuracy
-from isnn_jax.attack.setting import Deadline, eval_subset
-from isnn_jax.licence import Licence, TransformSpec
-from isnn_jax.train import train_and_evaluate
-from isnn_jax.transforms import additive_pattern, apply_transform, block_permutation, block_shuffle
+from isnn_jax.attacks import load_setting, quick_budgets
+from isnn_jax.attacks import permutation
+from isnn_jax.attacks.measure import accuracy
+from isnn_jax.attacks.setting import Deadline, eval_subset
+from isnn_jax.protection.licence import Licence, TransformSpec
+from isnn_jax.training.loop import train_and_evaluate
+from isnn_jax.protection.transforms import additive_pattern, apply_transform, block_permutation, block_shuffle
 from tiny_config import EPSILON, tiny_config
 
 pytestmark = pytest.mark.slow  # trains its own models: the full run only

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from isnn_jax import api
-from isnn_jax.checkpoints import CheckpointError
-from isnn_jax.preemption import EXIT_PREEMPTED
-from isnn_jax.train import NonFiniteLossError, WorkdirError, train_and_evaluate
+from isnn_jax.training.checkpoints import CheckpointError
+from isnn_jax.cli.doors import EXIT_PREEMPTED
+from isnn_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from isnn_jax.training.setup import WorkdirError
 from tiny_config import RESUME_LICENCE, short_config
 
 TESTS = Path(__file__).resolve().parent
@@ -238,7 +239,7 @@ def test_no_output_or_log_holds_the_secret_in_any_encoding(tmp_path, data_dir):
              }.items()}
     for name, result in later.items():
         assert result.returncode == 0, (name, result.stderr[-2000:])
-    from isnn_jax.licence import Licence
+    from isnn_jax.protection.licence import Licence
 
     licence = Licence.load(licence_path)
     assert oct(licence_path.stat().st_mode & 0o777) == "0o600"

@@ -10,12 +10,12 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 import pytest
 
-from isnn_jax import checkpoints, metadata
-from isnn_jax.checkpoints import (CheckpointError, CheckpointMismatchError,
+from isnn_jax.training import checkpoints, metadata
+from isnn_jax.training.checkpoints import (CheckpointError, CheckpointMismatchError,
                                   CheckpointUnavailableError, failure_kind)
-from isnn_jax.config import ConfigError
-from isnn_jax.licence import LicenceError, check_licence_outside
-from isnn_jax.train import train_and_evaluate
+from isnn_jax.training.config import ConfigError
+from isnn_jax.protection.licence import LicenceError, check_licence_outside
+from isnn_jax.training.loop import train_and_evaluate
 from tiny_config import RESUME_LICENCE, short_config
 
 
@@ -145,7 +145,7 @@ def test_changed_batch_size_is_refused_naming_the_field_unless_intended(workdir,
 
 
 def test_config_changes_lists_only_fields_that_change_the_run():
-    from isnn_jax.config import default_config
+    from isnn_jax.training.config import default_config
 
     def base():
         config = default_config()  # with fixed values, whatever the embedded default's are

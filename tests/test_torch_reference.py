@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import torch_reference as ref  # noqa: E402
 
-from isnn_jax import objective  # noqa: E402
-from isnn_jax.licence import Licence, TransformSpec, random_keys  # noqa: E402
+from isnn_jax.protection import objective, randomness  # noqa: E402
+from isnn_jax.protection.licence import Licence, TransformSpec, random_keys  # noqa: E402
 from isnn_jax.models import build_model  # noqa: E402
-from isnn_jax.step import _WRONG_STREAM, Protection, _example_keys, make_views  # noqa: E402
-from isnn_jax.transforms import additive_pattern  # noqa: E402
+from isnn_jax.protection.step import Protection, example_keys, make_views  # noqa: E402
+from isnn_jax.protection.transforms import additive_pattern  # noqa: E402
 
 LOSS_RTOL = 1e-5  # relative difference of the loss
 GRAD_RTOL = 1e-4  # per parameter: max |g_jax - g_torch| / max |g_jax|
@@ -57,8 +57,8 @@ def _jax_loss_and_grads(model, params, protection, keys, images, labels, step_rn
 def _torch_views(protection, keys, images, step_rng):
     """The torch views built from JAX's patterns (the same keys the JAX step draws)."""
     spec, batch, shape = protection.spec, images.shape[0], images.shape[1:]
-    stream = jax.random.fold_in(step_rng, _WRONG_STREAM)
-    wrong_keys = jnp.concatenate([_example_keys(stream, v * batch, batch)
+    stream = jax.random.fold_in(step_rng, randomness.WRONG_KEYS)
+    wrong_keys = jnp.concatenate([example_keys(stream, v * batch, batch)
                                   for v in range(protection.wrong_views)])
     wrong = jax.vmap(lambda k: additive_pattern(k, shape, spec))(wrong_keys)
     jax_views = make_views(protection, keys, images, step_rng)

@@ -8,17 +8,17 @@ import sys
 import numpy as np
 import pytest
 
-from isnn_jax.bare_model import from_workdir
-from isnn_jax.black_box import model_classifier
-from isnn_jax.licence import Licence, TransformSpec
-from isnn_jax.protect import configure_for_licence
-from isnn_jax.registry import open_registry
-from isnn_jax.stats import SequentialBinomialTest, binomial_upper_bound
+from isnn_jax.runtime.model import load_protected
+from isnn_jax.runtime.black_box import model_classifier
+from isnn_jax.protection.licence import Licence, TransformSpec
+from isnn_jax.seller.buyers import configure_for_licence
+from isnn_jax.seller.registry import open_registry
+from isnn_jax.evaluation.stats import SequentialBinomialTest, binomial_upper_bound
 from isnn_jax.trace import main as trace_cli
-from isnn_jax.trace import trace_black_box
-from isnn_jax.train import train_and_evaluate
-from isnn_jax.transforms import apply_transform
-from isnn_jax.verify import verification_set
+from isnn_jax.seller.trace import trace_black_box
+from isnn_jax.training.loop import train_and_evaluate
+from isnn_jax.protection.transforms import apply_transform
+from isnn_jax.seller.verify import verification_set
 from tiny_config import EPSILON, tiny_config
 
 BUYERS = ("alpha-labs", "beta-corp", "gamma-gmbh")
@@ -50,7 +50,7 @@ def shop(tmp_path_factory, data_dir):
     images, labels = verification_set("digits", num_images=0, data_dir=data_dir)
     with open_registry(root / "registry") as registry:
         candidates = list(registry.licences())
-    network = model_classifier(from_workdir(root / "model"))
+    network = model_classifier(load_protected(root / "model"))
 
     def classify(batch):  # one padded shape, so the tiny network compiles once
         padded = np.zeros((1024, *batch.shape[1:]), np.float32)
@@ -230,7 +230,7 @@ sys.exit(main([sys.argv[2], sys.argv[-1]]))
 
 @pytest.mark.slow
 def test_command_trace_with_the_flag_reports_what_the_service_received(shop, tmp_path, capsys):
-    from isnn_jax.export import export_workdir
+    from isnn_jax.runtime.export import export_workdir
 
     export_workdir(shop["root"] / "model", tmp_path / "leaked.isnn")
     received = tmp_path / "received"

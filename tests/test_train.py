@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from isnn_jax import api
-from isnn_jax.config import ConfigError
-from isnn_jax.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.training.config import ConfigError
+from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.models import build_model
-from isnn_jax.train import train_and_evaluate
+from isnn_jax.training.loop import train_and_evaluate
 from tiny_config import EPSILON, RESUME_LICENCE, short_config, tiny_config
 
 

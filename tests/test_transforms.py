@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isnn_jax.licence import TransformSpec
-from isnn_jax.transforms import (apply_per_example, apply_transform, block_permutation,
+from isnn_jax.protection.licence import TransformSpec
+from isnn_jax.protection.transforms import (apply_per_example, apply_transform, block_permutation,
                                  block_shuffle, block_unshuffle, invert_transform)
 
 SHAPES = [(3, 8, 8, 1), (2, 28, 28, 1), (2, 32, 32, 3)]

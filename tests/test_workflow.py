@@ -2,6 +2,7 @@
 prediction from image files, export, ownership verification and leak tracing."""
 
 import hashlib
+import dataclasses
 import json
 import os
 import shutil
@@ -14,24 +15,24 @@ import pytest
 from PIL import Image
 
 from isnn_jax import api
-from isnn_jax import licence as licence_module
-from isnn_jax.bare_model import BareModel, from_export, from_workdir
-from isnn_jax.black_box import command_classifier, model_classifier
+from isnn_jax.protection import licence as licence_module
+from isnn_jax.runtime.black_box import command_classifier, model_classifier
 from isnn_jax.data import load_split, to_float
-from isnn_jax.export import export_bytes, export_workdir, load_export, write_atomic
-from isnn_jax.images import ImageError, read_inputs
-from isnn_jax.leak import fine_tune, prune
-from isnn_jax.licence import Licence, LicenceError
-from isnn_jax.licence_cli import main as licence_cli
-from isnn_jax.model_fingerprint import model_fingerprint
+from isnn_jax.base.files import write_atomic
+from isnn_jax.runtime.export import export_bytes, export_workdir, load_export
+from isnn_jax.runtime.images import ImageError, read_inputs
+from isnn_jax.seller.leak import fine_tune, prune
+from isnn_jax.protection.licence import Licence, LicenceError
+from isnn_jax.licence import main as licence_cli
+from isnn_jax.runtime.fingerprint import model_fingerprint
 from isnn_jax.predict import main as predict_cli
-from isnn_jax.protect import protect_for_buyer
-from isnn_jax.registry import DB_FILE, RevokedLicenceError, open_registry
-from isnn_jax.stats import binomial_test, log_binomial_tail, paired_test
+from isnn_jax.seller.buyers import protect_for_buyer
+from isnn_jax.seller.registry import DB_FILE, RevokedLicenceError, open_registry
+from isnn_jax.evaluation.stats import binomial_test, log_binomial_tail, paired_test
 from isnn_jax.trace import main as trace_cli
-from isnn_jax.trace import trace_licences
+from isnn_jax.seller.trace import trace_licences
 from isnn_jax.verify import main as verify_cli
-from isnn_jax.verify import ownership_test, verification_set
+from isnn_jax.seller.verify import ownership_test, verification_set
 from tiny_config import tiny_config
 
 pytestmark = pytest.mark.slow  # trains its own models: the full run only
@@ -205,8 +206,7 @@ def test_tracing_fails_honestly_once_fine_tuning_removed_the_protection(shop, di
     model = api.load_protected(shop["workdir"][LEAKER])
     params = fine_tune(model.module, model.params, train_images, train_labels, steps=100,
                        learning_rate=1e-3)
-    bare = BareModel(net=lambda x: model.module.apply({"params": params}, x), meta=model.meta,
-                     source="fine-tuned")
+    bare = dataclasses.replace(model, params=params, source="fine-tuned")
     report = trace_licences(model_classifier(bare), candidates(shop), images, labels,
                             random_licences=20)
     # The copy now works without a licence (measured about 95%): nothing is traced.
@@ -216,7 +216,7 @@ def test_tracing_fails_honestly_once_fine_tuning_removed_the_protection(shop, di
 
 def test_verify_accepts_the_true_licence_and_rejects_forgeries(shop, digits):
     images, labels = digits[:2]
-    model = from_workdir(shop["workdir"][LEAKER])
+    model = api.load_protected(shop["workdir"][LEAKER])
     classify = model_classifier(model)
     licence = Licence.load(shop["licence_file"][LEAKER])
     true = ownership_test(classify, licence, images, labels, random_licences=100)

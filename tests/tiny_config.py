@@ -3,8 +3,8 @@
 A small model that separates legal from illegal digits within ~40 s on 2 cores.
 """
 
-from isnn_jax.config import default_config
-from isnn_jax.licence import Licence, TransformSpec
+from isnn_jax.training.config import default_config
+from isnn_jax.protection.licence import Licence, TransformSpec
 
 EPSILON = 0.1  # 8x8 digits need a stronger pattern than 28x28 images to separate in 220 steps
 

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from isnn_jax.config import default_config
+from isnn_jax.training.config import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:

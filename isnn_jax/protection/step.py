@@ -1,0 +1,192 @@
+"""The pure training step: build the legal and illegal views on device, one fused forward pass.
+
+`train_step(state, batch, rng, keys) -> (state, metrics)`. The host sends clean images only;
+the legal view, the wrong-key views (fresh random keys every step, drawn from
+`fold_in(rng, step)`) and the near-key views are made inside the step. `keys` carries the
+licence key and the near keys as arguments, never as compiled-in constants, and never as part
+of the state, so they cannot reach a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from isnn_jax.protection import objective, randomness
+from isnn_jax.protection.hardening import (Hardening, estimated_pattern, init_unlock, perturbed,
+                                          unlock_update)
+from isnn_jax.protection.licence import TransformSpec
+from isnn_jax.protection.transforms import apply_per_example, apply_transform
+
+Batch = Mapping[str, jax.Array]
+StepFn = Callable[[Any, Batch, jax.Array, Mapping[str, jax.Array]], tuple[Any, dict]]
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a checkpoint holds: step, parameters, optimiser state (never a key).
+
+    With unlock hardening the optimiser state is {"optimizer": ..., "unlock": perturbations}:
+    the thief's perturbations are the other player's state of the min-max game, and resuming
+    needs them.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Protection:
+    """How the illegal views are made and weighted (public, static parameters)."""
+
+    spec: TransformSpec
+    protect: bool = True
+    wrong_views: int = 1
+    weights: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
+    )
+    illegal_form: str = "uniform_constant"
+    temperature: float = 1.0
+    hardening: Hardening = Hardening()
+
+    def __hash__(self) -> int:
+        return hash((self.spec, self.protect, self.wrong_views, tuple(sorted(self.weights.items())),
+                     self.illegal_form, self.temperature, self.hardening))
+
+    @property
+    def unlock(self) -> bool:
+        """Whether the state carries unlock perturbations (protected training only)."""
+        return self.protect and self.hardening.unlock > 0
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+               image_shape: tuple[int, int, int],
+               protection: Protection | None = None) -> TrainState:
+    """Fresh parameters and optimiser state for images of `image_shape` (HWC)."""
+    params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    opt_state = tx.init(params)
+    if protection is not None and protection.unlock:
+        unlock = init_unlock(protection.hardening, protection.spec.epsilon, image_shape,
+                             jax.random.fold_in(rng, randomness.INIT_UNLOCK))
+        opt_state = {"optimizer": opt_state, "unlock": unlock}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+
+def example_keys(stream: jax.Array, first: jax.Array | int, count: int) -> jax.Array:
+    """One key per global example index `first .. first + count - 1` of `stream`.
+
+    Keys depend on an example's global index only, so splitting the batch over devices
+    (sharded jit or pmap, any device count) draws exactly the same keys for every example.
+    """
+    return jax.vmap(lambda index: jax.random.fold_in(stream, index))(first + jnp.arange(count))
+
+
+def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: jax.Array,
+               step_rng: jax.Array, first_example: jax.Array | int = 0,
+               global_batch: int | None = None, unlock: jax.Array | None = None,
+               axis_name: str | None = None) -> dict[str, jax.Array]:
+    """The legal view and every illegal view of a batch of clean images, in a fixed order.
+
+    `images` are the global batch's examples `first_example ..` (a device's shard under pmap);
+    `global_batch` (default: this batch) numbers the wrong-key views of all devices apart.
+    `unlock` holds the thief's perturbations (unlock hardening); `axis_name` (pmap) lets the
+    estimate hardening average over every device's shard.
+    """
+    spec = protection.spec
+    batch = images.shape[0]
+    global_batch = batch if global_batch is None else global_batch
+    views = {"legal": apply_transform(spec, keys["licence"], images)}
+    if protection.weights.get("clean", 0.0) > 0:
+        views["clean"] = images
+    if protection.wrong_views > 0:
+        stream = jax.random.fold_in(step_rng, randomness.WRONG_KEYS)
+        wrong_keys = jnp.concatenate([
+            example_keys(stream, view * global_batch + first_example, batch)
+            for view in range(protection.wrong_views)])
+        tiled = jnp.tile(images, (protection.wrong_views, 1, 1, 1))
+        views["wrong"] = apply_per_example(spec, wrong_keys, tiled)
+    near = keys.get("near")
+    if near is not None and near.shape[0] > 0 and protection.weights.get("near", 0.0) > 0:
+        draw = example_keys(jax.random.fold_in(step_rng, randomness.NEAR_KEYS), first_example,
+                            batch)
+        choice = jax.vmap(lambda k: jax.random.randint(k, (), 0, near.shape[0]))(draw)
+        views["near"] = apply_per_example(spec, near[choice], images)
+    hardening = protection.hardening
+    if hardening.estimate:
+        estimate_keys = example_keys(jax.random.fold_in(step_rng, randomness.ESTIMATE_EXAMPLES),
+                                     first_example, batch)
+        pattern = estimated_pattern(hardening, spec.epsilon, views["legal"], images, step_rng,
+                                    estimate_keys, global_batch, axis_name)
+        views["estimate"] = jnp.clip(images + pattern, 0.0, 1.0)
+    if unlock is not None:
+        views["unlock"] = perturbed(images, unlock)
+    return views
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    protection: Protection, axis_name: str | None = None) -> StepFn:
+    """The pure step for `model`.
+
+    With `axis_name` (pmap), each device holds a shard of the batch: gradients and metrics are
+    averaged with `lax.pmean` over that axis and the random views are numbered by global example
+    index, so the result equals the sharded-jit and single-device step up to reduction order.
+    """
+
+    def loss_fn(params: Any, batch: Batch, step_rng: jax.Array, keys: Mapping[str, jax.Array],
+                unlock: jax.Array | None) -> tuple[jax.Array, dict]:
+        images, labels = batch["image"], batch["label"]
+        if not protection.protect:
+            logits = model.apply({"params": params}, images)
+            loss = objective.cross_entropy(logits, labels)
+            return loss, {"loss": loss, "accuracy": objective.accuracy(logits, labels)}
+        local = images.shape[0]
+        if axis_name is None:
+            first, global_batch = 0, local
+        else:
+            first = jax.lax.axis_index(axis_name) * local
+            global_batch = local * jax.lax.psum(1, axis_name)
+        views = make_views(protection, keys, images, step_rng, first, global_batch, unlock,
+                           axis_name)
+        sizes = [v.shape[0] for v in views.values()]
+        # One fused forward pass over all views: one large matmul per layer instead of several.
+        logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
+        splits = jnp.split(logits, _offsets(sizes))
+        return objective.combined_loss(dict(zip(views, splits)), labels, protection.weights,
+                                       protection.illegal_form, protection.temperature,
+                                       axis_name)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array,
+                   keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(rng, state.step)
+        opt_state, unlock = state.opt_state, None
+        if protection.unlock:
+            opt_state, unlock = opt_state["optimizer"], opt_state["unlock"]
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng, keys,
+                                                         unlock)
+        if axis_name is not None:  # equal shard sizes: the mean of means is the global mean
+            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        if unlock is not None:  # the thief's move, against the weights it was measured on
+            unlock = unlock_update(lambda p, x: model.apply({"params": p}, x), state.params,
+                                   unlock, batch["image"], batch["label"], protection.hardening,
+                                   protection.spec.epsilon, axis_name)
+            opt_state = {"optimizer": opt_state, "unlock": unlock}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    offsets, total = [], 0
+    for size in sizes[:-1]:
+        total += size
+        offsets.append(total)
+    return offsets

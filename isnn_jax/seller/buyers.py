@@ -1,0 +1,60 @@
+"""Protect a model for one buyer: train for the buyer's registered licence, record the model.
+
+The licence comes from the seller's registry (it never needs to exist as a file on the training
+machine); the transform fields of the config are taken from the licence. After training, the
+model fingerprint (SHA-256 of the parameters) is recorded in the registry next to the licence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from isnn_jax.protection.licence import Licence, LicenceError
+from isnn_jax.runtime.fingerprint import model_fingerprint
+from isnn_jax.runtime.model import load_protected
+from isnn_jax.seller.registry import Entry, open_registry
+from isnn_jax.training.loop import train_and_evaluate
+
+
+def configure_for_licence(config: ml_collections.ConfigDict, licence: Licence) -> None:
+    """Set the config's transform fields from the licence (in place) and turn protection on."""
+    spec = licence.transform
+    config.protect = True
+    config.licence.kind = spec.kind
+    config.licence.epsilon = float(spec.epsilon)
+    config.licence.block_size = int(spec.block_size)
+    config.licence.distribution = spec.distribution
+    config.licence.copyright = licence.copyright
+
+
+def record_model(registry_dir: str | Path, buyer: str, workdir: str | Path) -> Entry:
+    """Record the newest checkpoint of `workdir` as the buyer's model; returns the updated record."""
+    with open_registry(registry_dir) as registry:
+        registry.licence(buyer)  # a revoked licence raises here
+        model = load_protected(workdir)
+        trained_for = model.meta.get("licence_fingerprint")
+        if trained_for is None:
+            raise LicenceError(f"{workdir} holds an unprotected model; protect one for {buyer!r} "
+                               "with python -m isnn_jax.protect")
+        return registry.record_model(buyer, model_fingerprint(model.params),
+                                     str(Path(workdir).absolute()), model.step,
+                                     licence_id=trained_for)
+
+
+def protect_for_buyer(registry_dir: str | Path, buyer: str, config: ml_collections.ConfigDict,
+                      workdir: str | Path) -> dict[str, Any]:
+    """Train (or resume) `workdir` for the buyer's licence and record the model in the registry."""
+    with open_registry(registry_dir) as registry:
+        licence = registry.licence(buyer)
+    configure_for_licence(config, licence)
+    report = train_and_evaluate(config, workdir, licence)
+    if report.get("stopped_early"):
+        return report
+    entry = record_model(registry_dir, buyer, workdir)
+    here = str(Path(workdir).absolute())
+    report["model_fingerprint"] = [m for m in entry.models if m["workdir"] == here][-1][
+        "model_fingerprint"]
+    return report

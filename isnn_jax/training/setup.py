@@ -1,0 +1,146 @@
+"""What a training run is made of, read from its config, and the checks made before it starts.
+
+Every check here runs before anything is written: a bad transform, hardening value, licence or
+workdir fails with a message that names the fix, and a resumed run refuses a config that would
+silently change its schedule, data order or model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import optax
+
+from isnn_jax.data import DATASETS
+from isnn_jax.protection.hardening import Hardening
+from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.protection.step import Protection
+from isnn_jax.training import checkpoints, metadata
+from isnn_jax.training.config import ConfigError, default_config
+
+log = logging.getLogger("isnn_jax")
+
+
+class WorkdirError(ValueError):
+    """The workdir cannot be created or written."""
+
+
+def check_workdir_writable(workdir: Path) -> None:
+    """Create `workdir` if needed and prove it writable, before any output is produced."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise WorkdirError(
+            f"workdir {workdir} is not usable ({err.__class__.__name__}: {err.strerror or err}); "
+            "choose another --workdir or fix its permissions"
+        ) from None
+
+
+def transform_spec(config: ml_collections.ConfigDict) -> TransformSpec:
+    """The transform parameters the config asks for."""
+    lic = config.licence
+    return TransformSpec(kind=lic.kind, epsilon=float(lic.epsilon), block_size=int(lic.block_size),
+                         distribution=lic.distribution)
+
+
+def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Protection:
+    """The static description of the illegal views and their weights; a bad hardening value is
+    a ConfigError naming the field."""
+    obj, hard = config.objective, config.hardening
+    try:
+        hardening = Hardening(unlock=int(hard.unlock_perturbations),
+                              unlock_step=float(hard.unlock_step),
+                              estimate_observed=(int(hard.estimate_min), int(hard.estimate_max)))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
+                      weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
+                               "near": float(obj.w_near), "unlock": float(hard.w_unlock),
+                               "estimate": float(hard.w_estimate)},
+                      illegal_form=obj.illegal_form, temperature=float(obj.temperature),
+                      hardening=hardening)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """Adam with linear warm-up and cosine decay over the whole run."""
+    train = config.train
+    warmup = min(int(train.warmup_steps), max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, float(train.learning_rate), warmup,
+                                                  max(total_steps, warmup + 1))
+    return optax.adam(schedule)
+
+
+def check_licence_matches(licence: Licence, spec: TransformSpec) -> None:
+    """The licence file's transform must be the one the config trains for."""
+    if licence.transform != spec:
+        raise LicenceError(
+            f"the licence's transform {licence.transform.to_dict()} differs from the config's "
+            f"{spec.to_dict()}; drop the --config.licence.* overrides or issue a new licence"
+        )
+
+
+def metadata_record(config: ml_collections.ConfigDict, licence: Licence | None) -> dict[str, Any]:
+    """The workdir's metadata: what the model expects, the licence's public fingerprint only."""
+    spec = DATASETS[config.data.name]
+    return {
+        "dataset": config.data.name,
+        "image_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "input_range": [0.0, 1.0],
+        "protected": bool(config.protect),
+        "transform": licence.transform.to_dict() if licence else None,
+        "licence_fingerprint": licence.fingerprint() if licence else None,
+        "model": config.model.to_dict(),
+        "checkpoint_dir": config.train.checkpoint_dir,
+        "config": config.to_dict(),
+    }
+
+
+def check_workdir_licence(workdir: Path, licence: Licence | None) -> None:
+    """A workdir that holds a model trained for another licence is refused."""
+    path = workdir / metadata.METADATA_FILE
+    if not path.exists():
+        return
+    record = metadata.read(workdir)
+    stored = record.get("licence_fingerprint")
+    given = licence.fingerprint() if licence else None
+    if stored != given:
+        raise LicenceError(
+            f"{workdir} holds a model trained for licence {stored}, not {given}; "
+            "pass that model's licence or use a new workdir"
+        )
+
+
+def check_resume_config(workdir: Path, config: ml_collections.ConfigDict,
+                         directory: str) -> list[dict[str, Any]]:
+    """Refuse to resume the checkpoints in `directory` with a config that changes the run (its
+    schedule, data order or model) unless train.allow_changed_config; returns the workdir's
+    record of accepted changes, this one (if any) last without its step."""
+    path = workdir / metadata.METADATA_FILE
+    if not path.exists() or not checkpoints.has_checkpoint(directory):
+        return []  # nothing to resume: a new run
+    record = metadata.read(workdir)
+    history = list(record.get("config_changes", []))
+    if "config" not in record:
+        return history
+    changes = metadata.config_changes(record["config"], config.to_dict(),
+                                      default_config().to_dict())
+    if not changes:
+        return history
+    listed = metadata.describe_changes(changes)
+    if not config.train.allow_changed_config:
+        raise ConfigError(
+            f"{workdir} holds checkpoints of a run with another config: {listed}. Resuming would "
+            "silently change its learning-rate schedule, data order or model. Use a new "
+            "--workdir, or restore those values, or pass --config.train.allow_changed_config=True "
+            "if the change is intended")
+    log.warning("resuming with a changed config, as train.allow_changed_config allows: %s", listed)
+    return history + [{"fields": {name: list(pair) for name, pair in changes.items()}}]
