@@ -5,6 +5,9 @@
                                      out="security_report", baseline_workdir="baseline_workdir")
 
 or `python -m isnn_jax.attack --workdir DIR --licence FILE --attacks all --out REPORT_DIR`.
+
+May import `runtime`, `training`, `evaluation`, `protection`, `models`, `data` and `base`;
+never `seller` (the two tool packages are independent) or the command line.
 """
 
 from isnn_jax.attacks.budgets import (ATTACK_NAMES, BudgetError, apply_overrides, default_budgets,

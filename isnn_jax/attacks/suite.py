@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -142,8 +143,6 @@ def run_security_evaluation(workdir: str | Path, licence: Any, *, attacks: Any =
                     secrets=[setting.licence.secret, setting.licence.key_bytes()])
     finally:
         if staging is not None and staging.exists():
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
     return report
 

@@ -1,15 +1,6 @@
-"""The licence and registry subcommands (`python -m isnn_jax.licence`, alias
-`python -m isnn_jax.registry`): their flags and what each one runs.
-
-    issue  --copyright TEXT --out FILE [--registry DIR --buyer NAME] [--kind/--epsilon/...]
-    show   FILE | --registry DIR --buyer NAME   [--reveal-secret]
-    list   --registry DIR [--json]
-    revoke --registry DIR --buyer NAME [--reason TEXT]
-    import --registry DIR --buyer NAME FILE        (register an existing licence file)
-    record-model --registry DIR --buyer NAME --workdir DIR
-
-Nothing is printed with the secret unless `show --reveal-secret` asks for it.
-"""
+"""The licence and registry subcommands (issue, show, list, revoke, import, record-model) of
+`python -m isnn_jax.licence` and `python -m isnn_jax.registry`: their flags and what each runs.
+Nothing is printed with the secret unless `show --reveal-secret` asks for it."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Each module has `get_config()`; the top-level `configs/*.py` files of a checkout re-export them,
 so `--config configs/fashion_mnist.py` and `--config fashion_mnist` name the same config.
+
+May import `training.config` (the default they start from) and nothing above it.
 """
 
 from collections.abc import Callable

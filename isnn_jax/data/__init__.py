@@ -1,6 +1,8 @@
 """Datasets for isnn_jax: offline TFDS builders and a TensorFlow-free NumPy loading pipeline.
 
 Importing this package registers the TFDS builders `isnn_digits` and `isnn_fashion_mnist`.
+
+Imports nothing of isnn_jax: the pipeline knows nothing of licences, models or training.
 """
 
 from isnn_jax.data.pipeline import (

@@ -21,6 +21,8 @@ def scale_to_uint8(images: np.ndarray) -> np.ndarray:
 
 def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Deterministic stratified train/test split of all 1,797 digits: {split: (images, labels)}."""
+    # Deferred: scikit-learn takes about a second to import and is needed only the first time
+    # the digits are built (afterwards TFDS reads its own files).
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

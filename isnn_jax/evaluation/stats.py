@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy.special import betaincinv
 
 
 def log_binomial_tail(successes: int, trials: int, p: float) -> float:
@@ -61,8 +62,6 @@ def binomial_upper_bound(successes: int, trials: int, level: float) -> float:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if trials == 0 or successes == trials:
         return 1.0
-    from scipy.special import betaincinv
-
     return float(betaincinv(successes + 1, trials - successes, 1.0 - level))
 
 

@@ -1,4 +1,7 @@
-"""Flax linen classifiers and the one function that builds them from a config."""
+"""Flax linen classifiers and the one function that builds them from a config.
+
+Imports nothing of isnn_jax: a model knows nothing of licences, data or training.
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ARRAY_SUFFIX = ".npy"
@@ -31,7 +32,7 @@ def _channels_word(count: int) -> str:
     return {1: "1 channel (grey)", 3: "3 channels (RGB)"}.get(count, f"{count} channels")
 
 
-def _pil_to_float(image: "PIL.Image.Image", name: str) -> np.ndarray:  # noqa: F821
+def _pil_to_float(image: Image.Image, name: str) -> np.ndarray:
     """HWC float32 in [0, 1] (alpha kept as the last channel if present)."""
     mode = image.mode
     if mode == "1":
@@ -91,8 +92,6 @@ def match_channels(array: np.ndarray, channels: int, name: str, *, convert: bool
 
 
 def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
     if array.shape[:2] == (height, width):
         return array
     shrink = array.shape[0] >= height and array.shape[1] >= width
@@ -106,8 +105,6 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
 def read_image(path: str | Path, image_shape: Sequence[int], *, resize: bool = True,
                convert: bool = False) -> np.ndarray:
     """One image file as float32 HWC in [0, 1] of `image_shape` (resized unless `resize=False`)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     height, width, channels = (int(v) for v in image_shape)
     if not path.is_file():
