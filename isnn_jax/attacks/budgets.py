@@ -13,9 +13,10 @@ import difflib
 import ml_collections
 
 from isnn_jax.attacks.fine_tuning import MODES
+from isnn_jax.attacks.fit import OPTIMIZERS
 
 ATTACK_NAMES = ("parameter_reading", "key_guessing", "near_keys", "fine_tuning", "pruning", "unlock_by_optimisation",
-                "permutation_unlock",
+                "permutation_unlock", "input_adapter",
                 "estimation", "partial_knowledge", "distillation")
 
 
@@ -50,11 +51,14 @@ def default_budgets() -> ml_collections.ConfigDict:
 
     tune = budgets.fine_tuning = ml_collections.ConfigDict()
     tune.fractions = (0.01, 0.05, 0.1)  # of the clean labelled training split
-    tune.modes = ("all_layers", "last_layer", "last_layer_reinit")
-    tune.steps = 200
+    tune.seeds = 3  # draws of the thief's data (and initialisations) per fraction
+    tune.modes = MODES  # start points besides training from scratch
+    tune.sweep = ("adam:1e-3", "adam:3e-4", "sgd:0.05", "sgd:0.01")  # optimiser:learning rate
+    tune.steps = 1000
+    tune.evaluate_every = 100  # validation accuracy measured this often (model selection)
+    tune.validation = 0.2  # share of the thief's images held out for model selection
     tune.batch_size = 64
-    tune.learning_rate = 1e-3
-    tune.max_seconds = 900.0
+    tune.max_seconds = 3600.0
 
     prune = budgets.pruning = ml_collections.ConfigDict()
     prune.sparsities = tuple(round(0.1 * i, 1) for i in range(10))  # 0% to 90%
@@ -76,6 +80,18 @@ def default_budgets() -> ml_collections.ConfigDict:
     permute.learning_rate = 0.05  # Adam on the Sinkhorn logits (and the pattern's tanh input)
     permute.restarts = 2
     permute.max_seconds = 600.0
+
+    adapter = budgets.input_adapter = ml_collections.ConfigDict()
+    adapter.fractions = (0.01, 0.05, 0.1)  # the same draws as fine_tuning (same seeds)
+    adapter.seeds = 3
+    adapter.kinds = ("shared", "per_position")  # one block map for all blocks, or one per block
+    adapter.block_size = 0  # 0: the transform's block size
+    adapter.learning_rates = (1e-2, 1e-3)  # Adam
+    adapter.steps = 1000
+    adapter.evaluate_every = 100
+    adapter.validation = 0.2
+    adapter.batch_size = 64
+    adapter.max_seconds = 1800.0
 
     estimate = budgets.estimation = ml_collections.ConfigDict()
     estimate.observed = (10, 30, 100, 300, 1000, 3000, 10000)  # legal inputs the eavesdropper sees
@@ -102,10 +118,14 @@ def quick_budgets() -> ml_collections.ConfigDict:
     budgets.key_guessing.update(guesses=200, screen_images=64, confirm_top=3)
     budgets.near_keys.update(per_class=8, screen_images=200, confirm_top=3,
                              amplitude_scales=(0.5, 2.0))
-    budgets.fine_tuning.update(fractions=(0.01, 0.1), steps=40)
+    budgets.fine_tuning.update(fractions=(0.01, 0.1), steps=40, evaluate_every=20, seeds=1,
+                               sweep=("adam:1e-3",),
+                               modes=("all_layers", "last_layer_reinit", "first_layer_reinit"))
     budgets.pruning.sparsities = (0.0, 0.5, 0.9)
     budgets.unlock_by_optimisation.update(fractions=(0.1,), steps=40, restarts=1)
     budgets.permutation_unlock.update(fractions=(0.1,), steps=60, restarts=1)
+    budgets.input_adapter.update(fractions=(0.1,), seeds=1, kinds=("shared",),
+                                 learning_rates=(1e-2,), steps=40, evaluate_every=20)
     budgets.estimation.observed = (10, 100, 1000)
     budgets.partial_knowledge.update(cosines=(0.0, 0.5, 1.0), draws=1)
     budgets.distillation.update(query_multiples=(1,), steps=40)
@@ -163,7 +183,7 @@ def check_budgets(budgets: ml_collections.ConfigDict) -> None:
     def fail(message: str) -> None:
         raise BudgetError(message)
 
-    for name in ("fine_tuning", "unlock_by_optimisation", "permutation_unlock"):
+    for name in ("fine_tuning", "unlock_by_optimisation", "permutation_unlock", "input_adapter"):
         for fraction in budgets[name].fractions:
             if not 0.0 < float(fraction) <= 1.0:
                 fail(f"{name}.fractions must lie in (0, 1], got {fraction}")
@@ -183,8 +203,22 @@ def check_budgets(budgets: ml_collections.ConfigDict) -> None:
     for mode in budgets.fine_tuning.modes:
         if mode not in MODES:
             fail(f"unknown fine_tuning mode {mode!r}; choose from {', '.join(MODES)}")
+    for entry in budgets.fine_tuning.sweep:
+        name, _, rate = str(entry).partition(":")
+        try:
+            good = name in OPTIMIZERS and float(rate) > 0
+        except ValueError:
+            good = False
+        if not good:
+            fail(f"fine_tuning.sweep entry {entry!r} is not OPTIMISER:LEARNING_RATE with an "
+                 f"optimiser of {', '.join(OPTIMIZERS)} and a positive rate, e.g. 'adam:1e-3'")
+    if not 0.0 < float(budgets.fine_tuning.validation) < 1.0:
+        fail("fine_tuning.validation must lie in (0, 1)")
     positive = [("parameter_reading", "report_top"), ("key_guessing", "guesses"), ("key_guessing", "screen_images"),
                 ("near_keys", "screen_images"), ("fine_tuning", "batch_size"),
+                ("fine_tuning", "seeds"), ("fine_tuning", "evaluate_every"),
+                ("input_adapter", "seeds"), ("input_adapter", "batch_size"),
+                ("input_adapter", "evaluate_every"),
                 ("unlock_by_optimisation", "batch_size"), ("unlock_by_optimisation", "restarts"),
                 ("permutation_unlock", "batch_size"), ("permutation_unlock", "restarts"),
                 ("partial_knowledge", "draws"),

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def _references(axis: Any, ref: dict[str, Any], horizontal: bool = True) -> None:
@@ -99,7 +100,9 @@ def draw_all(report: dict[str, Any], folder: Path) -> list[str]:
         rows = ok["fine_tuning"]["rows"]
         modes = ["scratch", *ok["fine_tuning"]["modes"]]
         names.append(bars([f"{r['fraction']:.0%}" for r in rows],
-                          {m: [r["clean_accuracy"].get(m, 0.0) for r in rows] for m in modes},
+                          {m: [float(np.mean([d["modes"][m]["test_accuracy"] for d in r["draws"]
+                                              if m in d["modes"]] or [0.0])) for r in rows]
+                           for m in modes},
                           ref, folder, "fine_tuning.png", "clean labelled training data"))
     if "unlock_by_optimisation" in ok and ok["unlock_by_optimisation"]["rows"]:
         rows = ok["unlock_by_optimisation"]["rows"]

@@ -1,9 +1,16 @@
-"""Fine-tuning with stolen weights, against training the same architecture from scratch.
+"""Fine-tuning stolen weights against training the same architecture from scratch: the thief's
+advantage, with the sweep, re-initialisations and model selection a careful thief would use.
 
-For each fraction of clean labelled training data the thief fine-tunes the stolen weights
-(all layers; the last layer only; the last layer re-initialised, then all layers) and, as the
-reference, trains fresh weights on the same data with the same steps. The headline is the
-thief's advantage: accuracy on clean test images from stolen weights minus from scratch.
+For each fraction of the clean labelled training split and each of `seeds` draws of it, the
+thief holds out a validation share of its own images and, from every start point (the stolen
+weights with all layers or only the head trainable; the head re-initialised, then all layers
+or only the head; the first layer and every input-shaped parameter re-initialised, then all
+layers; and all layers re-initialised, which is training from scratch), trains with every
+(optimiser, learning rate) of the sweep, keeping the weights with the best validation accuracy.
+Each start point's choice is then measured once on the test split. The thief's advantage is
+the best start point's test accuracy minus the from-scratch reference's (both chosen on
+validation, never on the test split); the reference's learning curve is reported, with whether
+it stopped improving before the step budget ran out.
 """
 
 from __future__ import annotations
@@ -11,15 +18,46 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from isnn_jax.attacks.fit import fit, last_layer_name, layer_mask, one_hot
-from isnn_jax.attacks.measure import accuracy, key_accuracies_of
-from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params, train_subset
+import jax
+import numpy as np
 
-MODES = ("all_layers", "last_layer", "last_layer_reinit")
+from isnn_jax.attacks.fit import fit_selected, last_layer_name, layer_mask, one_hot
+from isnn_jax.attacks.measure import accuracy, key_accuracies_of
+from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params, thief_data
+
+MODES = ("all_layers", "last_layer", "last_layer_reinit", "last_layer_reinit_only",
+         "first_layer_reinit")
+CONVERGED_GAIN = 0.01  # the reference has converged when its last quarter gains at most this
+
+
+def _input_layers(params: Any, image_shape: tuple[int, ...]) -> set[tuple]:
+    """Paths of the modules that read the input (a kernel over the image's channels or over the
+    flattened image) and of every parameter shaped like the input."""
+    height, width, channels = image_shape
+    marked = set()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = tuple(getattr(p, "key", p) for p in path)
+        shape = tuple(leaf.shape)
+        if keys[-1] == "kernel" and ((len(shape) == 4 and shape[2] == channels) or
+                                     (len(shape) == 2 and shape[0] == height * width * channels)):
+            marked.add(keys[:-1])
+        elif len(shape) >= 2 and shape[-3:] == tuple(image_shape)[-len(shape[-3:]):] \
+                and int(np.prod(shape)) >= height * width:
+            marked.add(keys)
+    return marked
+
+
+def _reinitialised(params: Any, fresh: Any, prefixes: set[tuple]) -> Any:
+    """`params` with every leaf under one of `prefixes` taken from `fresh`."""
+    def pick(path: tuple, leaf: Any, new: Any) -> Any:
+        keys = tuple(getattr(p, "key", p) for p in path)
+        return new if any(keys[:len(prefix)] == prefix for prefix in prefixes) else leaf
+
+    return jax.tree_util.tree_map_with_path(pick, params, fresh)
 
 
 def start_point(setting: Setting, mode: str, seed: int) -> tuple[Any, Any]:
-    """Initial weights and trainable mask of one fine-tuning mode (or 'scratch')."""
+    """Initial weights and trainable mask of one start point (a mode of MODES, or 'scratch')."""
     target = setting.protected
     head = last_layer_name(target.params, target.num_classes)
     if mode == "scratch":
@@ -29,47 +67,126 @@ def start_point(setting: Setting, mode: str, seed: int) -> tuple[Any, Any]:
         return target.params, layer_mask(target.params, None)
     if mode == "last_layer":
         return target.params, layer_mask(target.params, {head})
-    if mode == "last_layer_reinit":
+    if mode in ("last_layer_reinit", "last_layer_reinit_only"):
         params = {**target.params, head: fresh_params(target, seed)[head]}
+        return params, layer_mask(params, {head} if mode.endswith("only") else None)
+    if mode == "first_layer_reinit":
+        prefixes = _input_layers(target.params, target.image_shape)
+        params = _reinitialised(target.params, fresh_params(target, seed), prefixes)
         return params, layer_mask(params, None)
     raise ValueError(f"unknown fine-tuning mode {mode!r}; choose from {', '.join(MODES)}, scratch")
 
 
-def advantage(results: dict[str, float]) -> dict[str, float]:
-    """Thief's advantage of each mode (and of the best mode) over training from scratch."""
-    scratch = results["scratch"]
-    gains = {mode: acc - scratch for mode, acc in results.items() if mode != "scratch"}
-    gains["best"] = max(gains.values()) if gains else 0.0
-    return gains
+def sweep_of(budget: Any) -> list[tuple[str, float]]:
+    """The (optimiser, learning rate) pairs of `budget.sweep` ("adam:1e-3", ...)."""
+    pairs = []
+    for entry in budget.sweep:
+        name, _, rate = str(entry).partition(":")
+        pairs.append((name, float(rate)))
+    return pairs
+
+
+def _converged(curve: list[tuple[int, float]]) -> bool:
+    last = curve[-1][0]
+    before = max(acc for step, acc in curve if step <= 0.75 * last)
+    return max(acc for _, acc in curve) - before <= CONVERGED_GAIN
+
+
+def _start_point_runs(setting: Setting, mode: str, data: tuple, budget: Any, seed: int,
+                      deadline: Deadline) -> dict[str, Any]:
+    """Every sweep entry from one start point; the validation-selected one."""
+    target = setting.protected
+    train_x, train_y, val_x, val_y = data
+    targets = one_hot(train_y, target.num_classes)
+    runs, best = {}, None
+    for optimiser, rate in sweep_of(budget):
+        if runs and deadline.expired():
+            break
+        params, mask = start_point(setting, mode, seed)
+        chosen, record = fit_selected(
+            target.module, params, train_x, targets,
+            lambda p: accuracy(target, p, val_x, val_y), steps=int(budget.steps),
+            batch_size=int(budget.batch_size), learning_rate=rate, optimizer_name=optimiser,
+            seed=seed, evaluate_every=int(budget.evaluate_every), mask=mask, deadline=deadline)
+        name = f"{optimiser}:{rate:g}"
+        runs[name] = record
+        if best is None or record["best_validation"] > runs[best[0]]["best_validation"]:
+            best = (name, chosen)
+    return {"runs": runs, "selected": best[0], "params": best[1]}
+
+
+def _one_draw(setting: Setting, fraction: float, seed: int, budget: Any,
+              images: np.ndarray, labels: np.ndarray, deadline: Deadline) -> dict[str, Any]:
+    data = thief_data(setting, fraction, seed, float(budget.validation))
+    legal_key = setting.licence.key()[None]
+    modes, stopped = {}, False
+    for mode in ("scratch", *budget.modes):
+        if modes and deadline.expired():
+            stopped = True
+            break
+        done = _start_point_runs(setting, mode, data, budget, seed + 1000, deadline)
+        tuned = dataclasses.replace(setting.protected, params=done.pop("params"))
+        selected = done["runs"][done["selected"]]
+        modes[mode] = {
+            "selected": done["selected"], "validation": selected["best_validation"],
+            "best_step": selected["best_step"],
+            "test_accuracy": accuracy(tuned, tuned.params, images, labels),
+            "legal_accuracy": float(key_accuracies_of(tuned, setting.spec, legal_key, images,
+                                                      labels)[0]),
+            "runs": {name: {k: run[k] for k in ("best_validation", "best_step", "steps")}
+                     for name, run in done["runs"].items()}}
+        if mode == "scratch":
+            modes[mode]["curve"] = selected["curve"]
+            modes[mode]["converged"] = _converged(selected["curve"])
+    row = {"seed": seed, "train_images": int(data[0].shape[0]),
+           "validation_images": int(data[2].shape[0]), "modes": modes, "stopped_early": stopped}
+    stolen = {m: r for m, r in modes.items() if m != "scratch"}
+    if "scratch" in modes and stolen:
+        scratch = modes["scratch"]["test_accuracy"]
+        chosen = max(stolen, key=lambda m: stolen[m]["validation"])
+        row["advantage_by_mode"] = {m: r["test_accuracy"] - scratch for m, r in stolen.items()}
+        row["advantage"] = max(row["advantage_by_mode"].values())
+        row["validation_choice"] = {"mode": chosen,
+                                    "advantage": stolen[chosen]["test_accuracy"] - scratch}
+    return row
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()),
+            "max": float(array.max())}
 
 
 def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> dict[str, Any]:
-    """Every (fraction, mode) pair plus the scratch reference; accuracies on clean test images."""
+    """Every fraction x seed draw; per draw every start point of the sweep; the advantages."""
     images, labels = eval_subset(setting, eval_images)
-    target = setting.protected
-    legal_key = setting.licence.key()[None]
     rows, stopped = [], False
     for index, fraction in enumerate(budget.fractions):
-        train_x, train_y = train_subset(setting, float(fraction), setting.seed + index)
-        targets = one_hot(train_y, target.num_classes)
-        clean, legal, steps_run = {}, {}, {}
-        for mode in ("scratch", *budget.modes):
-            if clean and deadline.expired():
+        draws = []
+        for draw in range(int(budget.seeds)):
+            if draws and deadline.expired():
                 stopped = True
                 break
-            params, mask = start_point(setting, mode, setting.seed + 1000 + index)
-            params, steps_run[mode] = fit(target.module, params, train_x, targets,
-                                          steps=int(budget.steps), batch_size=int(budget.batch_size),
-                                          learning_rate=float(budget.learning_rate),
-                                          seed=setting.seed + index, mask=mask, deadline=deadline)
-            clean[mode] = accuracy(target, params, images, labels)
-            tuned = dataclasses.replace(target, params=params)
-            legal[mode] = float(key_accuracies_of(tuned, setting.spec, legal_key, images, labels)[0])
-        rows.append({"fraction": float(fraction), "train_images": int(train_x.shape[0]),
-                     "steps": steps_run, "clean_accuracy": clean, "legal_accuracy": legal,
-                     "advantage": advantage(clean) if "scratch" in clean and len(clean) > 1 else {}})
+            seed = setting.seed + 100 * index + draw
+            draws.append(_one_draw(setting, float(fraction), seed, budget, images, labels,
+                                   deadline))
+            stopped = stopped or draws[-1]["stopped_early"]
+        scored = [d for d in draws if "advantage" in d]
+        row = {"fraction": float(fraction), "draws": draws}
+        if scored:
+            row["advantage"] = _spread([d["advantage"] for d in scored])
+            row["scratch_accuracy"] = _spread([d["modes"]["scratch"]["test_accuracy"]
+                                               for d in scored])
+            row["scratch_converged"] = all(d["modes"]["scratch"]["converged"] for d in scored)
+            row["advantage_by_mode"] = {
+                mode: _spread([d["advantage_by_mode"][mode] for d in scored
+                               if mode in d["advantage_by_mode"]])
+                for mode in budget.modes if any(mode in d["advantage_by_mode"] for d in scored)}
+        rows.append(row)
         if stopped:
             break
     return {"rows": rows, "stopped_early": stopped, "eval_images": int(images.shape[0]),
-            "modes": list(budget.modes), "steps": int(budget.steps),
-            "batch_size": int(budget.batch_size), "learning_rate": float(budget.learning_rate)}
+            "modes": list(budget.modes), "sweep": [f"{o}:{r:g}" for o, r in sweep_of(budget)],
+            "steps": int(budget.steps), "evaluate_every": int(budget.evaluate_every),
+            "batch_size": int(budget.batch_size), "validation": float(budget.validation),
+            "seeds": int(budget.seeds)}

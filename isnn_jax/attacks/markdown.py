@@ -70,13 +70,27 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
                          for r in result["changed_parameters"]])
     elif name == "fine_tuning":
         modes = ["scratch", *result["modes"]]
-        rows = [[f"{r['fraction']:.0%} ({r['train_images']:,})"]
-                + [_pct(r["clean_accuracy"].get(m)) for m in modes]
-                + [f"{r['advantage']['best'] * 100:+.2f}" if r["advantage"] else "—"]
-                for r in result["rows"]]
-        lines += [f"{result['steps']} Adam steps (lr {result['learning_rate']:g}, batch "
-                  f"{result['batch_size']}) per run; clean test accuracy:", ""]
-        lines += _table(["data", *modes, "thief's advantage (points)"], rows)
+        rows = []
+        for r in result["rows"]:
+            for d in r["draws"]:
+                rows.append([f"{r['fraction']:.0%} ({d['train_images']:,}+"
+                             f"{d['validation_images']:,})", str(d["seed"])]
+                            + [_pct(d["modes"][m]["test_accuracy"]) if m in d["modes"] else "—"
+                               for m in modes]
+                            + [f"{d['advantage'] * 100:+.2f}" if "advantage" in d else "—"])
+        lines += [f"Up to {result['steps']} steps (batch {result['batch_size']}) per run, sweep "
+                  f"{', '.join(result['sweep'])}, validation every {result['evaluate_every']} "
+                  f"steps on {result['validation']:.0%} of the thief's images; clean test "
+                  "accuracy of each start point's validation-selected model:", ""]
+        lines += _table(["data (train+validation)", "seed", *modes,
+                         "thief's advantage (points)"], rows)
+        summary = [f"{r['fraction']:.0%}: {r['advantage']['mean'] * 100:+.2f} ± "
+                   f"{r['advantage']['std'] * 100:.2f} (scratch "
+                   f"{'converged' if r['scratch_converged'] else 'still improving'})"
+                   for r in result["rows"] if "advantage" in r]
+        if summary:
+            lines += ["", "Thief's advantage, mean ± spread over draws: " + "; ".join(summary)
+                      + "."]
     elif name == "pruning":
         base = any("baseline_accuracy" in r for r in result["rows"])
         rows = [[f"{r['sparsity']:.0%}", _pct(r["legal_accuracy"]), _pct(r["clean_accuracy"])]
@@ -104,6 +118,16 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
                   "the hard permutation (Hungarian assignment):", ""]
         lines += _table(["data", "steps", "train acc", "test acc",
                          "block positions equal to the key's (control)"], rows)
+    elif name == "input_adapter":
+        rows = [[f"{r['fraction']:.0%} ({r['train_images']:,}+{r['validation_images']:,})",
+                 str(r["seed"]), r["kind"], r["selected"], _pct(r["validation"]),
+                 _pct(r["accuracy"])] for r in result["rows"]]
+        lines += [f"A linear map of every {result['block_size']}x{result['block_size']} block "
+                  "plus a free offset, clipped to [0, 1], in front of the frozen stolen model; "
+                  f"Adam, up to {result['steps']} steps per learning rate, the best on the "
+                  "thief's validation images:", ""]
+        lines += _table(["data (train+validation)", "seed", "adapter", "selected",
+                         "validation acc", "test acc"], rows)
     elif name == "estimation":
         lines += [f"Estimator: {result['estimator']}.", ""]
         lines += _table(["observed legal inputs", "accuracy", "sign agreement", "cosine"],

@@ -84,6 +84,18 @@ def train_subset(setting: Setting, fraction: float, seed: int) -> tuple[np.ndarr
     return setting.train_images[chosen], setting.train_labels[chosen]
 
 
+def thief_data(setting: Setting, fraction: float, seed: int, validation: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The thief's clean labelled images (a seeded `fraction` of the training split), split into
+    the part it trains on and the `validation` share it selects models with (at least one
+    image each); every attack with the same (fraction, seed) gets the same images."""
+    images, labels = train_subset(setting, fraction, seed)
+    held = min(max(1, int(round(validation * images.shape[0]))), images.shape[0] - 1)
+    order = np.random.default_rng([seed, 0x7A11]).permutation(images.shape[0])
+    val, train = np.sort(order[:held]), np.sort(order[held:])
+    return images[train], labels[train], images[val], labels[val]
+
+
 def on_host(params: Any) -> Any:
     """Weights as plain uncommitted arrays, so restored, fresh and trained weights all share one
     compiled evaluation or training step (a restored tree may carry another sharding)."""

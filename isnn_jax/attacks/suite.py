@@ -13,7 +13,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from isnn_jax.attacks import (distillation, estimation, fine_tuning, key_guessing, near_key_guessing,
+from isnn_jax.attacks import (adapter, distillation, estimation, fine_tuning, key_guessing, near_key_guessing,
                              parameters, partial_knowledge, permutation, pruning, unlock)
 from isnn_jax.attacks.budgets import (ATTACK_NAMES, PRESETS, apply_overrides, check_budgets,
                                       default_budgets)
@@ -33,6 +33,7 @@ ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
     "pruning": pruning.run,
     "unlock_by_optimisation": unlock.run,
     "permutation_unlock": permutation.run,
+    "input_adapter": adapter.run,
     "estimation": estimation.run,
     "partial_knowledge": partial_knowledge.run,
     "distillation": distillation.run,

@@ -10,10 +10,12 @@ and `breaks` when that advantage comes with >= 0.9 recovered.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from typing import Any
 
 BREAKS, WEAKENS = 0.9, 0.25
-ADVANTAGE_HOLDS = 0.01
+ADVANTAGE_HOLDS = 0.02  # points of thief's advantage a protection may leave (issue's target)
 
 
 def verdict(recovered: float) -> str:
@@ -76,16 +78,18 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
                              f"x{best['scale']:g}: {best['accuracy']:.2%}", judged=False))
     if "fine_tuning" in attacks:
         for row in attacks["fine_tuning"]["rows"]:
-            clean, gains = row["clean_accuracy"], row["advantage"]
-            if not gains:
+            if "advantage" not in row:
                 continue
-            mode = max((m for m in clean if m != "scratch"), key=lambda m: clean[m])
-            entry = _row(f"fine-tuning on {row['fraction']:.0%} clean data: best stolen "
-                         f"({mode})", clean[mode], ref,
-                         f"thief's advantage {gains['best'] * 100:+.2f} points over scratch "
-                         f"({clean['scratch']:.2%})")
-            entry["advantage"] = gains["best"]
-            if gains["best"] <= ADVANTAGE_HOLDS:
+            gain = row["advantage"]["mean"]
+            best = max(row["advantage_by_mode"], key=lambda m: row["advantage_by_mode"][m]["mean"])
+            scratch = row["scratch_accuracy"]["mean"]
+            entry = _row(f"fine-tuning on {row['fraction']:.0%} clean data: best stolen start "
+                         f"({best}), mean of {len(row['draws'])}", scratch + gain, ref,
+                         f"thief's advantage {gain * 100:+.2f} ± "
+                         f"{row['advantage']['std'] * 100:.2f} points over scratch "
+                         f"({scratch:.2%})")
+            entry["advantage"] = gain
+            if gain <= ADVANTAGE_HOLDS:
                 entry["verdict"] = "holds"
             elif entry["verdict"] == "holds":
                 entry["verdict"] = "weakens"
@@ -105,6 +109,23 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row(f"permutation unlock, {row['fraction']:.0%} data", row["accuracy"],
                              ref, f"{row['positions_matching_true_permutation']:.0%} of block "
                              "positions right"))
+    if "input_adapter" in attacks:
+        scratch = {row["fraction"]: row["scratch_accuracy"]["mean"]
+                   for row in attacks.get("fine_tuning", {}).get("rows", [])
+                   if "scratch_accuracy" in row}
+        for fraction in sorted({r["fraction"] for r in attacks["input_adapter"]["rows"]}):
+            draws = [r for r in attacks["input_adapter"]["rows"] if r["fraction"] == fraction]
+            best = max(draws, key=lambda r: r["accuracy"])
+            mean = float(np.mean([max(r["accuracy"] for r in draws if r["seed"] == seed)
+                                  for seed in {r["seed"] for r in draws}]))
+            note = f"{best['kind']} map, best draw {best['accuracy']:.2%}"
+            entry = _row(f"input adapter on {fraction:.0%} clean data, mean over draws", mean,
+                         ref, note)
+            if fraction in scratch:
+                entry["advantage"] = mean - scratch[fraction]
+                entry["note"] += (f"; thief's advantage {entry['advantage'] * 100:+.2f} points "
+                                  f"over scratch ({scratch[fraction]:.2%})")
+            rows.append(entry)
     if "estimation" in attacks:
         for row in attacks["estimation"]["rows"]:
             rows.append(_row(f"key estimation from {row['observed']:,} legal inputs",
