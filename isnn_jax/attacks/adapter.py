@@ -14,6 +14,7 @@ permutation and pattern it is exactly the legal transform (the tests check that 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +26,8 @@ import optax
 from isnn_jax.attacks.permutation import permutation_matrix
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, thief_data
 from isnn_jax.protection.transforms import from_blocks, to_blocks
+
+log = logging.getLogger("isnn_jax.attacks")
 
 KINDS = ("shared", "per_position")
 
@@ -152,6 +155,8 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
                                                      ("best_validation", "best_step", "steps")}
                     if best is None or record["best_validation"] > best[1]:
                         best = (f"adam:{float(rate):g}", record["best_validation"], adapter)
+                log.info("input_adapter %.0f%% data, seed %d, %s: validation %.2f%% (%s)",
+                         100 * fraction, seed, kind, 100 * best[1], best[0])
                 rows.append({"fraction": float(fraction), "seed": seed, "kind": kind,
                              "train_images": int(data[0].shape[0]),
                              "validation_images": int(data[2].shape[0]),

@@ -16,6 +16,7 @@ it stopped improving before the step budget ran out.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import jax
@@ -24,6 +25,8 @@ import numpy as np
 from isnn_jax.attacks.fit import fit_selected, last_layer_name, layer_mask, one_hot
 from isnn_jax.attacks.measure import accuracy, key_accuracies_of
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params, thief_data
+
+log = logging.getLogger("isnn_jax.attacks")
 
 MODES = ("all_layers", "last_layer", "last_layer_reinit", "last_layer_reinit_only",
          "first_layer_reinit")
@@ -135,6 +138,9 @@ def _one_draw(setting: Setting, fraction: float, seed: int, budget: Any,
                                                       labels)[0]),
             "runs": {name: {k: run[k] for k in ("best_validation", "best_step", "steps")}
                      for name, run in done["runs"].items()}}
+        log.info("fine_tuning %.0f%% data, seed %d: %s -> %.2f%% (%s, step %d)", 100 * fraction,
+                 seed, mode, 100 * modes[mode]["test_accuracy"], done["selected"],
+                 selected["best_step"])
         if mode == "scratch":
             modes[mode]["curve"] = selected["curve"]
             modes[mode]["converged"] = _converged(selected["curve"])

@@ -159,8 +159,8 @@ def render(report: dict[str, Any]) -> str:
         lines += ["```bash", report["command"], "```", ""]
     lines += _headline(report)
     lines += ["recovered = (attack - chance) / (legal - chance); verdict: breaks >= 0.9, "
-              "weakens >= 0.25, else holds (fine-tuning: holds when the advantage over scratch "
-              "is <= 1 point).", ""]
+              "weakens >= 0.25, else holds (fine-tuning and the input adapter, with data: holds when "
+              "the thief's advantage over training from scratch is <= 2 points).", ""]
     for name, result in report["attacks"].items():
         lines += _section(name, result)
     for figure in report.get("figures", []):

@@ -2,9 +2,9 @@
 
 "recovered" is (attack accuracy - chance) / (legal accuracy - chance). Verdicts: `breaks` at
 >= 0.9 (the attacker has what the licence gives), `weakens` at >= 0.25, else `holds`. For
-fine-tuning the question is whether the stolen weights are worth more than the thief's data:
-an advantage over training from scratch of at most 1 point `holds`, above 1 point `weakens`,
-and `breaks` when that advantage comes with >= 0.9 recovered.
+fine-tuning and the input adapter the question is whether the stolen weights are worth more
+than the thief's data: an advantage over training from scratch of at most 2 points `holds`,
+above that `weakens`, and `breaks` when that advantage comes with >= 0.9 recovered.
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
                 entry["advantage"] = mean - scratch[fraction]
                 entry["note"] += (f"; thief's advantage {entry['advantage'] * 100:+.2f} points "
                                   f"over scratch ({scratch[fraction]:.2%})")
+                if entry["advantage"] <= ADVANTAGE_HOLDS:
+                    entry["verdict"] = "holds"
+                elif entry["verdict"] == "holds":
+                    entry["verdict"] = "weakens"
             rows.append(entry)
     if "estimation" in attacks:
         for row in attacks["estimation"]["rows"]:
