@@ -6,7 +6,7 @@
 
 Both trainers start from the same weights (the JAX initialisation copied into the PyTorch
 reference), see the same batches in the same order (`isnn_jax.data` streams, seed 0), use the
-same schedule (`isnn_jax.train.make_optimizer`: Adam, warm-up and cosine decay over the
+same schedule (`isnn_jax.training.setup.make_optimizer`: Adam, warm-up and cosine decay over the
 config's 5 epochs) and the same objective. They run interleaved, `--chunk` steps each in turn,
 so a load change on a shared machine hits both alike. Every `--eval_every` steps each model is
 evaluated on the first `--eval_images` test images (legal accuracy: the licence's pattern
@@ -131,7 +131,7 @@ class TorchTrainer:
 
 
 def make_optimizer_schedule(config: Any, total_steps: int) -> Any:
-    """The learning-rate schedule `isnn_jax.train.make_optimizer` uses, as a function of step."""
+    """The learning-rate schedule `isnn_jax.training.setup.make_optimizer` uses, as a function of step."""
     import optax
 
     train = config.train

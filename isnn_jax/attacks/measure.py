@@ -1,6 +1,6 @@
 """Accuracy of a network on images as given, under licence keys, or under additive patterns.
 
-Keys go through `isnn_jax.evaluate` (one batched, jitted evaluation for many keys). Patterns (an
+Keys go through `isnn_jax.evaluation.counting` (one batched, jitted evaluation for many keys). Patterns (an
 attacker's estimate of `delta_k`, the true one rescaled, a learned perturbation) use the same
 chunking: `patterns x images` evaluated per compiled call.
 """

@@ -2,7 +2,7 @@
 
 It identifies an exact copy of the weights (names, dtypes, shapes and bytes of every leaf). A
 copy that was fine-tuned or pruned has another fingerprint; tracing then relies on behaviour
-(isnn_jax.trace), which this hash only complements.
+(isnn_jax.seller.trace), which this hash only complements.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Buyer inference: classify image files, directories or .npy arrays with the licence.
 
-Images are read and resized to the model's image shape (isnn_jax.images), the licence's keyed
-transform is applied, and the network runs in fixed-size jitted batches. Prints one line per
-image (input, class index, class name, probability), or JSON with --json.
+Images are read and resized to the model's image shape (isnn_jax.runtime.images), the
+licence's keyed transform is applied, and the network runs in fixed-size jitted batches.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ leaves the machine): every licence in the registry (revoked ones included) is ru
 model on the whole labelled verification set. The model is traced to a licence when, image by
 image, it does better under that licence than under every alternative (no licence, each other
 registered licence): an exact paired sign test with a Bonferroni correction for the number of
-licences, below alpha. Each licence also gets the stricter ownership test of isnn_jax.verify
+licences, below alpha. Each licence also gets the stricter ownership test of isnn_jax.seller.verify
 (against the best of R random licences). An exact match with a model fingerprint recorded in
 the registry is reported too; a fine-tuned or pruned copy has another fingerprint and is traced
 by behaviour alone.
@@ -42,7 +42,7 @@ def trace_licences(classify: Classifier, candidates: list[tuple[Entry, Licence]]
     * comparison (decides the trace): a paired sign test, image by image, of the licence
       against each alternative (no licence, every other registered licence); its p-value is
       the largest of those, times the number of licences (Bonferroni);
-    * ownership (isnn_jax.verify's test): accuracy against the best of no licence, R random
+    * ownership (isnn_jax.seller.verify's test): accuracy against the best of no licence, R random
       licences and chance. It is stricter and is what a claim of ownership should rest on.
     """
     if not candidates:
