@@ -1,8 +1,11 @@
 """Shared fixtures: small, fast, no network."""
 
+import fcntl
+import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 # Several fake CPU devices so the sharded path is exercised; must precede the first jax import.
 # Added to the user's own XLA_FLAGS (kept), unless they already choose a device count.
@@ -16,6 +19,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["ISNN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="isnn-test-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["ISNN_TEST_XLA_CACHE"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# One folder the workers of `pytest -n` share (they inherit it), for what one of them builds and
+# the others reuse; made by the main process and removed by it.
+if "ISNN_TEST_SHARED" not in os.environ:
+    os.environ["ISNN_TEST_SHARED"] = tempfile.mkdtemp(prefix="isnn-test-shared-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402
@@ -34,8 +41,10 @@ SECRET = bytes(range(32))
 
 # The longest files start first, so that `pytest -n 2` overlaps them with the short ones
 # instead of leaving two of them to contend at the end.
-LONGEST_FIRST = ("test_multihost.py", "test_parallel.py", "test_workflow.py",
-                 "test_reliability.py", "test_parameter_attack.py")
+LONGEST_FIRST = ("test_reliability.py", "test_multihost.py", "test_attack.py", "test_workflow.py",
+                 "test_train.py", "test_objective.py", "test_parallel.py", "test_hardening.py",
+                 "test_permutation_attack.py", "test_parameter_attack.py", "test_cli.py",
+                 "test_trace_exposure.py")  # measured on a fresh clone, two workers
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
@@ -45,10 +54,12 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """Remove the session's compilation cache (once: by the main process, not by each worker of
-    `pytest -n`, which share the cache through the environment they inherit)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ and os.environ.get("ISNN_TEST_XLA_CACHE"):
-        shutil.rmtree(os.environ["ISNN_TEST_XLA_CACHE"], ignore_errors=True)
+    """Remove the session's compilation cache and shared folder (once: by the main process, not
+    by each worker of `pytest -n`, which share them through the environment they inherit)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        for name in ("ISNN_TEST_XLA_CACHE", "ISNN_TEST_SHARED"):
+            if os.environ.get(name):
+                shutil.rmtree(os.environ[name], ignore_errors=True)
 
 
 @pytest.fixture
@@ -64,14 +75,25 @@ def data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def protected_run(tmp_path_factory, data_dir):
+def protected_run(data_dir):
     """One tiny protected digits model (10 epochs, ~30 s), shared by every test that only reads
-    it: (workdir, licence, final report). Measured: legal ~0.9, clean ~0.2."""
+    it: (workdir, licence, final report). Measured: legal ~0.9, clean ~0.2. The first worker to
+    ask trains it in the shared folder (under a lock); the others wait and read it."""
     from isnn_jax.training.loop import train_and_evaluate
     from tiny_config import PROTECTED_LICENCE, tiny_config
 
-    workdir = tmp_path_factory.mktemp("protected") / "work"
-    report = train_and_evaluate(tiny_config(data_dir), workdir, PROTECTED_LICENCE)
+    shared = Path(os.environ["ISNN_TEST_SHARED"]) / "protected"
+    shared.mkdir(exist_ok=True)
+    workdir, done = shared / "work", shared / "work" / "final_evaluation.json"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if done.exists():
+                report = json.loads(done.read_text())
+            else:
+                report = train_and_evaluate(tiny_config(data_dir), workdir, PROTECTED_LICENCE)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return workdir, PROTECTED_LICENCE, report
 
 

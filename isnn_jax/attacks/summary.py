@@ -84,7 +84,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             best = max(row["advantage_by_mode"], key=lambda m: row["advantage_by_mode"][m]["mean"])
             scratch = row["scratch_accuracy"]["mean"]
             entry = _row(f"fine-tuning on {row['fraction']:.0%} clean data: best stolen start "
-                         f"({best}), mean of {len(row['draws'])}", scratch + gain, ref,
+                         f"per draw, mean of {len(row['draws'])} (best on average: {best})",
+                         scratch + gain, ref,
                          f"thief's advantage {gain * 100:+.2f} ± "
                          f"{row['advantage']['std'] * 100:.2f} points over scratch "
                          f"({scratch:.2%})")
