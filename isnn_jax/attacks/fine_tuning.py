@@ -24,6 +24,7 @@ import numpy as np
 
 from isnn_jax.attacks.fit import fit_selected, last_layer_name, layer_mask, one_hot
 from isnn_jax.attacks.measure import accuracy, key_accuracies_of
+from isnn_jax.attacks.parameters import input_sized, reads_input
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params, thief_data
 
 log = logging.getLogger("isnn_jax.attacks")
@@ -33,19 +34,17 @@ MODES = ("all_layers", "last_layer", "last_layer_reinit", "last_layer_reinit_onl
 CONVERGED_GAIN = 0.01  # the reference has converged when its last quarter gains at most this
 
 
-def _input_layers(params: Any, image_shape: tuple[int, ...]) -> set[tuple]:
-    """Paths of the modules that read the input (a kernel over the image's channels or over the
-    flattened image) and of every parameter shaped like the input."""
-    height, width, channels = image_shape
+def _input_layers(params: Any, image_shape: tuple[int, int, int]) -> set[tuple]:
+    """Paths of the modules whose kernel reads the input, and of every parameter of two or more
+    dimensions with as many values as an image (the places a key can sit; the rules of the
+    zero-data attack, isnn_jax.attacks.parameters)."""
     marked = set()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = tuple(getattr(p, "key", p) for p in path)
         shape = tuple(leaf.shape)
-        if keys[-1] == "kernel" and ((len(shape) == 4 and shape[2] == channels) or
-                                     (len(shape) == 2 and shape[0] == height * width * channels)):
+        if keys[-1] == "kernel" and reads_input(shape, image_shape):
             marked.add(keys[:-1])
-        elif len(shape) >= 2 and shape[-3:] == tuple(image_shape)[-len(shape[-3:]):] \
-                and int(np.prod(shape)) >= height * width:
+        elif len(shape) >= 2 and input_sized(shape, image_shape):
             marked.add(keys)
     return marked
 

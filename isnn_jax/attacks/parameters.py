@@ -43,6 +43,19 @@ def _path_name(path: tuple[Any, ...]) -> str:
     return "/".join(str(getattr(part, "key", getattr(part, "idx", part))) for part in path)
 
 
+def input_sized(shape: tuple[int, ...], image_shape: tuple[int, int, int]) -> bool:
+    """A parameter with exactly as many values as one image: it could be a pattern itself."""
+    return math.prod(shape) == math.prod(image_shape)
+
+
+def reads_input(shape: tuple[int, ...], image_shape: tuple[int, int, int]) -> bool:
+    """A kernel applied to the image itself: a dense layer over its flattened pixels, or a
+    convolution over its channels (the layers a key can line up with)."""
+    if len(shape) == 2:
+        return shape[0] == math.prod(image_shape)
+    return len(shape) == 4 and shape[2] == image_shape[-1]
+
+
 def input_shaped_candidates(params: Any, image_shape: tuple[int, int, int],
                             columns: int, components: int) -> Iterator[tuple[str, np.ndarray]]:
     """(name, pattern of `image_shape`) for every parameter that could hold an input pattern.
@@ -50,12 +63,11 @@ def input_shaped_candidates(params: Any, image_shape: tuple[int, int, int],
     Parameters with exactly as many values as the image are reshaped to it; dense kernels whose
     input dimension is the flattened image give their `columns` largest columns, their mean
     column and their `components` leading left singular vectors."""
-    size = math.prod(image_shape)
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         name, value = _path_name(path), np.asarray(leaf, np.float32)
-        if value.size == size:
+        if input_sized(value.shape, image_shape):
             yield name, value.reshape(image_shape)
-        elif value.ndim == 2 and value.shape[0] == size:
+        elif value.ndim == 2 and reads_input(value.shape, image_shape):
             norms = np.linalg.norm(value, axis=0)
             for index in np.argsort(-norms)[:columns]:
                 yield f"{name}[:, {int(index)}]", value[:, index].reshape(image_shape)
