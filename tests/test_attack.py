@@ -386,3 +386,45 @@ def test_adapter_attack_reports_every_draw_and_kind(setting):
         assert row["validation"] == max(r["best_validation"] for r in row["runs"].values())
         assert 0.0 <= row["accuracy"] <= 1.0
     assert result["block_size"] == setting.spec.block_size
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole-image mixing: the adapter at the true Q is the legal transform; the eavesdropper's
+# covariance alignment finds Q where the statistics pin it down.
+
+
+def _true_mixing(spec, key, shape):
+    size = int(np.prod(shape))
+    basis = jnp.asarray(np.eye(size, dtype=np.float32).reshape(size, *shape) + 0.5)
+    return np.asarray(apply_transform(spec, key, basis)).reshape(size, size).T
+
+
+def test_whole_image_adapter_at_the_true_mixing_is_the_legal_transform():
+    spec = TransformSpec(kind="mix")
+    key = Licence.issue("(c) Seller; licensed to Buyer; licence 4", spec).key()
+    block, clip, kinds = adapter.adapter_geometry(spec, (8, 8, 1), 0, adapter.KINDS)
+    assert (block, clip, kinds) == (8, False, ("shared",))
+    q = _true_mixing(spec, key, (8, 8, 1))
+    start = {"map": jnp.asarray(q.T), "offset": jnp.asarray((-0.5 * q.sum(1)).reshape(8, 8, 1))}
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 8, 8, 1)), jnp.float32)
+    np.testing.assert_allclose(adapter.adapt(start, images, block, clip),
+                               apply_transform(spec, key, images), atol=1e-5)
+    with pytest.raises(ValueError, match="square images"):
+        adapter.adapter_geometry(spec, (8, 12, 1), 0, adapter.KINDS)
+
+
+def test_covariance_alignment_recovers_a_mixing_the_statistics_pin_down():
+    spec = TransformSpec(kind="mix")
+    key = Licence.issue("(c) Seller; licensed to Buyer; licence 5", spec).key()
+    rng = np.random.default_rng(0)
+    # Distinct variances and a mean away from 1/2 on every axis: Q is identifiable.
+    scales, mean = np.linspace(0.05, 0.3, 16), rng.uniform(0.55, 0.7, 16)
+    clean = (mean + scales * rng.standard_normal((20000, 16))).astype(np.float32)
+    observed = (mean + scales * rng.standard_normal((20000, 16))).astype(np.float32)
+    legal = np.asarray(apply_transform(spec, key, jnp.asarray(observed.reshape(-1, 4, 4, 1))))
+    q = _true_mixing(spec, key, (4, 4, 1))
+    estimates = estimation.estimate_mixing(legal.reshape(len(legal), -1), clean)
+    assert np.trace(estimates["mean"].T @ q) / 16 > 0.95
+    # With few observations the eigenvectors are noise and the estimate is far from Q.
+    few = estimation.estimate_mixing(legal[:10].reshape(10, -1), clean)
+    assert np.trace(few["mean"].T @ q) / 16 < 0.5

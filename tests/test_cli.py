@@ -54,7 +54,8 @@ def one_error_line(capsys) -> str:
      "(the config has 60)"),
     (["--workdir", "{w}", "--licence", "L", "--config", "configs/nonexistent.py"],
      "error: config file configs/nonexistent.py not found; pass a config file or one of the "
-     "packaged configs: default, fashion_mnist, fashion_mnist_shuffle7, cifar10_resnet18"),
+     "packaged configs: default, fashion_mnist, fashion_mnist_shuffle7, fashion_mnist_strong, "
+     "cifar10_resnet18"),
     (["--workdir", "{w}", "--licence", "L", "--config.train.epochz=3"],
      "error: unknown config field config.train.epochz; did you mean config.train.epochs?"),
     (["--workdir", "{w}", "--licence", "L", "--config.protect=maybe"],

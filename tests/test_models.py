@@ -52,3 +52,11 @@ def test_conv_choice():
     with pytest.raises(ValueError, match=r"unknown model conv 'fft'; choose one of auto, xla, "
                                          r"im2col \(config.model.conv\)"):
         build_model({"name": "small_cnn", "conv": "fft"}, 10)
+
+
+def test_mlp_is_built_from_the_config_and_reads_the_flattened_image():
+    model = build_model({"name": "mlp", "widths": [16, 8], "conv": "auto", "features": (4,)}, 10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    assert {k: v["kernel"].shape for k, v in params.items()} == \
+        {"Dense_0": (64, 16), "Dense_1": (16, 8), "head": (8, 10)}
+    assert model.apply({"params": params}, jnp.ones((3, 8, 8, 1))).shape == (3, 10)

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,3 +79,26 @@ def test_true_label_rank_counts_outputs_above_the_truth():
 
     logits = jnp.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4]])
     np.testing.assert_array_equal(np.asarray(true_label_rank(logits, jnp.array([1, 1]))), [0, 2])
+
+
+def test_a_constant_output_is_right_for_one_class_only():
+    """Ties rank as argmax breaks them: a model that outputs the same logits for every input
+    (dead units, a zero head) scores the share of the first class, not 100%."""
+    from isnn_jax.evaluation.counting import plain_accuracy, true_label_rank
+
+    flat = jnp.zeros((4, 3))
+    np.testing.assert_array_equal(np.asarray(true_label_rank(flat, jnp.array([0, 1, 2, 2]))),
+                                  [0, 1, 2, 2])
+    tied = jnp.array([[0.2, 0.7, 0.7]])  # argmax is class 1
+    np.testing.assert_array_equal(np.asarray(true_label_rank(tied, jnp.array([1]))), [0])
+    np.testing.assert_array_equal(np.asarray(true_label_rank(tied, jnp.array([2]))), [1])
+
+    class Zero(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3, kernel_init=nn.initializers.zeros)(x.reshape(x.shape[0], -1))
+
+    images = np.random.default_rng(0).uniform(size=(40, 2, 2, 1)).astype(np.float32)
+    labels = np.arange(40) % 4 % 3
+    params = Zero().init(jax.random.key(0), images)["params"]
+    assert plain_accuracy(Zero(), params, images, labels) == float((labels == 0).mean())

@@ -83,3 +83,23 @@ def test_bad_shapes_get_clear_errors(licence):
         apply_transform(TransformSpec(kind="shuffle", block_size=5), licence.key(), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match="divide uint8 images by 255"):
         apply_transform(licence.transform, licence.key(), jnp.zeros((1, 8, 8, 1), jnp.uint8))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mix_is_orthogonal_keyed_dense_and_exactly_invertible(licence, shape):
+    spec = TransformSpec(kind="mix")
+    x = images(shape)
+    mixed = apply_transform(spec, licence.key(), x)
+    assert mixed.shape == x.shape and mixed.dtype == jnp.float32
+    # y = Q (x - 1/2) with Q orthogonal: norms and inner products of centred images are kept.
+    flat_x, flat_y = np.asarray(x - 0.5).reshape(len(x), -1), np.asarray(mixed).reshape(len(x), -1)
+    np.testing.assert_allclose(flat_y @ flat_y.T, flat_x @ flat_x.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(invert_transform(spec, licence.key(), mixed), x, atol=1e-5)
+    other = apply_transform(spec, jax.random.key(12345), x)
+    # Another key's Q is an unrelated rotation: its outputs are nearly orthogonal to these.
+    cos = (flat_y * np.asarray(other).reshape(len(x), -1)).sum(1) / (flat_y ** 2).sum(1)
+    assert np.abs(cos).max() < 0.2
+    # Every output value depends on every input value (one changed pixel moves all of them).
+    poked = x.at[0, 0, 0, 0].add(0.5)
+    moved = np.asarray(apply_transform(spec, licence.key(), poked) - mixed)[0]
+    assert (np.abs(moved) > 1e-7).mean() > 0.99

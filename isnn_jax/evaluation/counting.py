@@ -26,9 +26,13 @@ CPU_IMAGES_PER_CALL = 128
 
 
 def true_label_rank(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Rank of the true label in each output (0: the argmax, C-1: the argmin)."""
+    """Rank of the true label in each output (0: the argmax, C-1: the argmin).
+
+    Ties are broken as `argmax` breaks them (the lower class index first), so rank 0 is
+    exactly "argmax == label": a constant output is right for one class only, not for all."""
     true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    return (logits > true_logit).sum(axis=-1)
+    before = jnp.arange(logits.shape[-1]) < labels[:, None]
+    return ((logits > true_logit) | ((logits == true_logit) & before)).sum(axis=-1)
 
 
 def _rank_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from isnn_jax.models.cnn import SmallCNN
+from isnn_jax.models.mlp import MLP
 from isnn_jax.models.resnet import ResNet18
 
-MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18, "mlp": MLP}
 # Compute dtypes (config.model.dtype); parameters and the loss stay float32 under both.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONVS = ("auto", "xla", "im2col")

@@ -8,6 +8,7 @@ changing one changes every licence's transform or every step's views (and resume
 # Streams of a licence key: the keyed transform.
 PATTERN = 0  # the additive pattern
 SHUFFLE = 1  # the block permutation
+MIX = 2  # the orthogonal mixing's permutations and signs
 
 # Streams of a step's rng (fold_in(seed_rng, step)): the illegal views of that step.
 WRONG_KEYS = 1  # random wrong keys, one per example and view

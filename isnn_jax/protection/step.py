@@ -22,6 +22,7 @@ from isnn_jax.protection import objective, randomness
 from isnn_jax.protection.hardening import (Hardening, estimated_pattern, init_unlock, perturbed,
                                           unlock_update)
 from isnn_jax.protection.licence import TransformSpec
+from isnn_jax.protection.simulated import SimulatedThieves, thieves_penalty
 from isnn_jax.protection.transforms import apply_per_example, apply_transform
 
 Batch = Mapping[str, jax.Array]
@@ -54,10 +55,11 @@ class Protection:
     illegal_form: str = "uniform_constant"
     temperature: float = 1.0
     hardening: Hardening = Hardening()
+    simulated: SimulatedThieves = SimulatedThieves()
 
     def __hash__(self) -> int:
         return hash((self.spec, self.protect, self.wrong_views, tuple(sorted(self.weights.items())),
-                     self.illegal_form, self.temperature, self.hardening))
+                     self.illegal_form, self.temperature, self.hardening, self.simulated))
 
     @property
     def unlock(self) -> bool:
@@ -157,9 +159,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         # One fused forward pass over all views: one large matmul per layer instead of several.
         logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
         splits = jnp.split(logits, _offsets(sizes))
-        return objective.combined_loss(dict(zip(views, splits)), labels, protection.weights,
-                                       protection.illegal_form, protection.temperature,
-                                       axis_name)
+        loss, metrics = objective.combined_loss(dict(zip(views, splits)), labels,
+                                                protection.weights, protection.illegal_form,
+                                                protection.temperature, axis_name)
+        if protection.simulated.active:  # what thieves fine-tuning these weights would reach
+            penalty, thief_metrics = thieves_penalty(
+                lambda p, x: model.apply({"params": p}, x), params, images, labels,
+                protection.simulated)
+            loss = loss + protection.weights.get("thief", 1.0) * penalty
+            metrics = {**metrics, **thief_metrics, "loss": loss}
+        return loss, metrics
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                    keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:

@@ -4,12 +4,17 @@
 * shuffle: permute the pixels inside every `block_size` x `block_size` block with one
   key-derived permutation (the block-wise key-based encryption family); exactly invertible.
 * shuffle_additive: the shuffle, then the additive pattern.
+* mix: a keyed orthogonal mixing of the whole image, `y = Q_k (x - 1/2)`: rounds of a keyed
+  permutation, keyed sign flips and an orthonormal DCT over all H*W*C values, so every output
+  value depends on every pixel. The output is centred and unbounded (not in [0, 1]); exactly
+  invertible. Only models that see the whole image at once (the MLP) learn under it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.fft as jfft
 
 from isnn_jax.protection import randomness
 from isnn_jax.protection.licence import TransformSpec
@@ -86,10 +91,44 @@ def block_unshuffle(images: jax.Array, permutation: jax.Array, block_size: int) 
     return block_shuffle(images, inverse, block_size)
 
 
+MIX_ROUNDS = 2  # one round leaves a public DCT last, which an observer can undo
+
+
+def mix_rounds(key: jax.Array, size: int) -> list[tuple[jax.Array, jax.Array]]:
+    """The key's (permutation, signs) of every mixing round over `size` values."""
+    key = jax.random.fold_in(key, randomness.MIX)
+    rounds = []
+    for index in range(MIX_ROUNDS):
+        perm_key, sign_key = jax.random.split(jax.random.fold_in(key, index))
+        rounds.append((jax.random.permutation(perm_key, size),
+                       jax.random.rademacher(sign_key, (size,), dtype=jnp.float32)))
+    return rounds
+
+
+def mix(key: jax.Array, images: jax.Array) -> jax.Array:
+    """`Q_k (x - 1/2)` over each image's flattened values (an orthogonal map: norms are kept)."""
+    n = images.shape[0]
+    values = images.reshape(n, -1) - 0.5
+    for permutation, signs in mix_rounds(key, values.shape[1]):
+        values = jfft.dct(values[:, permutation] * signs, norm="ortho", axis=-1)
+    return values.reshape(images.shape)
+
+
+def unmix(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Exact inverse of `mix`: `Q_k^T y + 1/2`."""
+    n = images.shape[0]
+    values = images.reshape(n, -1)
+    for permutation, signs in reversed(mix_rounds(key, values.shape[1])):
+        values = (jfft.idct(values, norm="ortho", axis=-1) * signs)[:, jnp.argsort(permutation)]
+    return values.reshape(images.shape) + 0.5
+
+
 def apply_transform(spec: TransformSpec, key: jax.Array, images: jax.Array) -> jax.Array:
     """The legal input `t_k(x)` for a batch of images under one key."""
     check_images(images, spec)
     images = images.astype(jnp.float32)
+    if spec.kind == "mix":
+        return mix(key, images)
     if "shuffle" in spec.kind:
         permutation = block_permutation(key, spec.block_size, images.shape[-1])
         images = block_shuffle(images, permutation, spec.block_size)
@@ -111,10 +150,12 @@ def apply_per_example(spec: TransformSpec, keys: jax.Array, images: jax.Array) -
 
 def invert_transform(spec: TransformSpec, key: jax.Array, images: jax.Array) -> jax.Array:
     """Undo the shuffle part of a transform (the clipped additive part is not invertible)."""
+    if spec.kind == "mix":
+        return unmix(key, images)
     if "additive" in spec.kind:
         raise ValueError(
             f"transform kind {spec.kind!r} adds a clipped pattern and has no exact inverse; "
-            "only 'shuffle' is invertible"
+            "only 'shuffle' and 'mix' are invertible"
         )
     permutation = block_permutation(key, spec.block_size, images.shape[-1])
     return block_unshuffle(images, permutation, spec.block_size)

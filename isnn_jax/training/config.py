@@ -21,7 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.source_dir = ""  # raw files for local builders ("" = the builder's default).
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "small_cnn"  # small_cnn | resnet18; each reads only its own fields
+    config.model.name = "small_cnn"  # small_cnn | resnet18 | mlp; each reads only its own fields
     config.model.features = (32, 64)  # small_cnn
     config.model.hidden = 128
     # A dense branch over the raw input (models/cnn.py). Off: its kernel lines up with the additive
@@ -30,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
     # A learned per-pixel offset before the first layer (both models). Off: training drives it
     # towards minus the licence's pattern, so the weights carry the key (docs/security.md).
     config.model.input_offset = False
+    config.model.widths = (512, 512)  # mlp: its hidden layers
     config.model.stage_sizes = (2, 2, 2, 2)  # resnet18
     config.model.width = 64  # resnet18
     config.model.norm = "group"  # resnet18: group | layer (no BatchNorm: docs/decisions.md)
@@ -38,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
-    # additive | shuffle | shuffle_additive. The embedded digits default shuffles the whole 8x8
+    # additive | shuffle | shuffle_additive | mix (transforms.py). The embedded digits default shuffles the whole 8x8
     # image (one block) and adds the pattern: on 64 pixels an additive pattern alone leaves random
     # licences close enough to unlock the model (docs/results.md).
     config.licence.kind = "shuffle_additive"
@@ -63,6 +64,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.hardening.estimate_min = 0  # observed legal inputs behind the estimate: min..max
     config.hardening.estimate_max = 0  # (0: off)
     config.hardening.w_estimate = 1.0
+
+    # Simulated thieves (protection/simulated.py): fine-tuning played inside every step, its
+    # result penalised. thieves: OPTIMISER:RATE entries, e.g. ("sgd:0.05", "adam:1e-3"); () off.
+    config.simulated = ml_collections.ConfigDict()
+    config.simulated.thieves = ()
+    config.simulated.inner_steps = 3
+    config.simulated.first_order = False  # True: the thieves' moves are not differentiated
+    config.simulated.w_thief = 1.0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128  # global batch; must divide by the number of devices

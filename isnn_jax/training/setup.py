@@ -18,6 +18,7 @@ import optax
 from isnn_jax.data import DATASETS
 from isnn_jax.protection.hardening import Hardening
 from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
+from isnn_jax.protection.simulated import SimulatedThieves, parse_thieves
 from isnn_jax.protection.step import Protection
 from isnn_jax.training import checkpoints, metadata
 from isnn_jax.training.config import ConfigError, default_config
@@ -58,14 +59,18 @@ def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Pro
         hardening = Hardening(unlock=int(hard.unlock_perturbations),
                               unlock_step=float(hard.unlock_step),
                               estimate_observed=(int(hard.estimate_min), int(hard.estimate_max)))
+        sim = config.simulated
+        simulated = SimulatedThieves(thieves=parse_thieves(tuple(sim.thieves)),
+                                     inner_steps=int(sim.inner_steps),
+                                     first_order=bool(sim.first_order))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
                                "near": float(obj.w_near), "unlock": float(hard.w_unlock),
-                               "estimate": float(hard.w_estimate)},
+                               "estimate": float(hard.w_estimate), "thief": float(sim.w_thief)},
                       illegal_form=obj.illegal_form, temperature=float(obj.temperature),
-                      hardening=hardening)
+                      hardening=hardening, simulated=simulated)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
