@@ -21,7 +21,8 @@ from isnn_jax import protect, train
 from isnn_jax.cli import configs, doors, logs
 from isnn_jax.seller import buyers
 from isnn_jax.training.loop import NonFiniteLossError, train_and_evaluate
-from isnn_jax.training.config import ConfigError, default_config
+from isnn_jax.configs.default import get_config as embedded_default
+from isnn_jax.training.config import ConfigError
 from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.cli.doors import EXIT_PREEMPTED
 from isnn_jax.training.preemption import TrainingPreempted
@@ -128,7 +129,8 @@ def test_packaged_config_names_equal_the_checkout_files_from_any_directory(tmp_p
     monkeypatch.chdir(tmp_path)  # no configs/ here: the name, and the checkout path, still work
     assert configs.load_config("fashion_mnist").to_dict() == from_file.to_dict()
     assert configs.load_config("configs/fashion_mnist.py").to_dict() == from_file.to_dict()
-    assert configs.load_config(None).to_dict() == default_config().to_dict()
+    assert configs.load_config(None).to_dict() == embedded_default().to_dict()
+    assert (embedded_default().licence.kind, embedded_default().model.name) == ("mix", "mlp")
     assert configs.load_config("cifar10_resnet18").model.name == "resnet18"
     own = tmp_path / "configs" / "mine.py"  # a user's file may import a packaged config
     own.parent.mkdir()

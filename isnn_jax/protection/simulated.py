@@ -61,7 +61,8 @@ class SimulatedThieves:
 
 
 def _optimiser(name: str, rate: jax.Array) -> optax.GradientTransformation:
-    return optax.sgd(rate) if name == "sgd" else optax.adam(rate)
+    # eps_root keeps Adam differentiable where a gradient is zero (sqrt'(0) is infinite).
+    return optax.sgd(rate) if name == "sgd" else optax.adam(rate, eps_root=1e-12)
 
 
 def _thief_group(apply: Apply, params: Any, name: str, rates: jax.Array, images: jax.Array,

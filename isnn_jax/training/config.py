@@ -7,7 +7,9 @@ import ml_collections
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The embedded default (digits, no download); configs/*.py start from it."""
+    """The base configuration (digits, no download, small CNN, whole-image shuffle) that every
+    packaged config starts from; the embedded default (configs/default.py) sets the mixing and
+    the MLP on it."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protect = True  # False trains the unprotected baseline with the same config.
@@ -39,9 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
-    # additive | shuffle | shuffle_additive | mix (transforms.py). The embedded digits default shuffles the whole 8x8
+    # additive | shuffle | shuffle_additive | mix (transforms.py). The base shuffles the whole 8x8
     # image (one block) and adds the pattern: on 64 pixels an additive pattern alone leaves random
-    # licences close enough to unlock the model (docs/results.md).
+    # licences close enough to unlock the model (docs/results.md); the embedded default mixes.
     config.licence.kind = "shuffle_additive"
     config.licence.epsilon = 0.03
     config.licence.block_size = 8  # shuffle blocks are block_size x block_size; must divide the image

@@ -230,7 +230,7 @@ def format_progress(step: int, total: int, metrics: dict[str, float], rate: floa
                      per_epoch: int) -> str:
     """One progress line: step, epoch, loss, the accuracies the step measured, rate and ETA."""
     parts = [f"step {step}/{total} (epoch {step / per_epoch:.2f})", f"loss {metrics['loss']:.4f}"]
-    for name in ("legal", "clean", "wrong", "near"):
+    for name in ("legal", "clean", "wrong", "near", "thief"):
         if f"{name}_accuracy" in metrics:
             parts.append(f"{name} {metrics[f'{name}_accuracy']:.3f}")
     if "accuracy" in metrics:
