@@ -132,6 +132,15 @@ def test_packaged_config_names_equal_the_checkout_files_from_any_directory(tmp_p
     assert configs.load_config(None).to_dict() == embedded_default().to_dict()
     assert (embedded_default().licence.kind, embedded_default().model.name) == ("mix", "mlp")
     assert configs.load_config("cifar10_resnet18").model.name == "resnet18"
+    # Each packaged config names its own model and transform; none inherits the embedded
+    # default's mixing and MLP by accident.
+    designs = {name: (configs.load_config(name).model.name, configs.load_config(name).licence.kind)
+               for name in ("fashion_mnist", "fashion_mnist_shuffle7", "fashion_mnist_strong",
+                            "cifar10_resnet18")}
+    assert designs == {"fashion_mnist": ("small_cnn", "additive"),
+                       "fashion_mnist_shuffle7": ("small_cnn", "shuffle_additive"),
+                       "fashion_mnist_strong": ("mlp", "mix"),
+                       "cifar10_resnet18": ("resnet18", "additive")}
     own = tmp_path / "configs" / "mine.py"  # a user's file may import a packaged config
     own.parent.mkdir()
     own.write_text("from isnn_jax.configs import fashion_mnist\n\n\ndef get_config(arg='5'):\n"

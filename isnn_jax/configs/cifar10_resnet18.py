@@ -6,12 +6,12 @@ The global batch of 1024 splits over 8, 16, 32, 64 or 128 devices.
 
 import ml_collections
 
-from isnn_jax.configs import default
+from isnn_jax.training.config import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     """CIFAR-10 / ResNet-18 variant of the default configuration."""
-    config = default.get_config()
+    config = default_config()
     config.data.name = "cifar10"
     config.model.name = "resnet18"
     config.model.width = 64

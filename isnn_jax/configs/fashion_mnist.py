@@ -2,12 +2,12 @@
 
 import ml_collections
 
-from isnn_jax.configs import default
+from isnn_jax.training.config import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Fashion-MNIST variant of the default configuration."""
-    config = default.get_config()
+    config = default_config()
     config.data.name = "fashion_mnist_idx"
     config.licence.kind = "additive"  # the scheme's primary transform (the digits default shuffles)
     config.licence.block_size = 4
