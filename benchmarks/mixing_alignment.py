@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from records import command_line, write_record
 
-from isnn_jax.attacks.adapter import adapted_accuracy
-from isnn_jax.attacks.estimation import mixing_matrix
+from isnn_jax.attacks.adapter import adapted_accuracy, linear_adapter
+from isnn_jax.attacks.estimation import true_mixing
 from isnn_jax.attacks.parameters import reads_input
 from isnn_jax.attacks.setting import load_setting
 
@@ -59,14 +59,13 @@ def main() -> None:
     if setting.spec.kind != "mix":
         raise SystemExit(f"error: the model's transform is {setting.spec.kind!r}, not 'mix'")
     target, shape = setting.protected, setting.protected.image_shape
-    true = mixing_matrix(setting)
+    true = true_mixing(setting)
     size = true.shape[0]
     images, labels = setting.test_images[:args.eval_images], setting.test_labels[:args.eval_images]
 
     def accuracy(q: np.ndarray) -> float:
-        adapter = {"map": jnp.asarray(q.T, jnp.float32),
-                   "offset": jnp.asarray((-0.5 * q.sum(axis=1)).reshape(shape), jnp.float32)}
-        return adapted_accuracy(setting, adapter, images, labels, shape[0], clip=False)
+        return adapted_accuracy(setting, linear_adapter(q, shape), images, labels, shape[0],
+                                clip=False)
 
     name, kernel = first_kernel(target.params, shape)
     seed = int(target.meta.get("config", {}).get("seed", 0))

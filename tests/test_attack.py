@@ -19,7 +19,8 @@ from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.report import check_no_secret, prepare_output
 from isnn_jax.attacks.setting import Deadline, eval_subset, thief_data, train_subset
 from isnn_jax.protection.licence import Licence, TransformSpec
-from isnn_jax.protection.transforms import additive_pattern, apply_transform, block_permutation
+from isnn_jax.protection.transforms import (additive_pattern, apply_transform, block_permutation,
+                                           mixing_matrix)
 from tiny_config import EPSILON, PROTECTED_LICENCE
 
 LICENCE = PROTECTED_LICENCE
@@ -393,19 +394,12 @@ def test_adapter_attack_reports_every_draw_and_kind(setting):
 # covariance alignment finds Q where the statistics pin it down.
 
 
-def _true_mixing(spec, key, shape):
-    size = int(np.prod(shape))
-    basis = jnp.asarray(np.eye(size, dtype=np.float32).reshape(size, *shape) + 0.5)
-    return np.asarray(apply_transform(spec, key, basis)).reshape(size, size).T
-
-
 def test_whole_image_adapter_at_the_true_mixing_is_the_legal_transform():
     spec = TransformSpec(kind="mix")
     key = Licence.issue("(c) Seller; licensed to Buyer; licence 4", spec).key()
     block, clip, kinds = adapter.adapter_geometry(spec, (8, 8, 1), 0, adapter.KINDS)
     assert (block, clip, kinds) == (8, False, ("shared",))
-    q = _true_mixing(spec, key, (8, 8, 1))
-    start = {"map": jnp.asarray(q.T), "offset": jnp.asarray((-0.5 * q.sum(1)).reshape(8, 8, 1))}
+    start = adapter.linear_adapter(np.asarray(mixing_matrix(key, (8, 8, 1))), (8, 8, 1))
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 8, 8, 1)), jnp.float32)
     np.testing.assert_allclose(adapter.adapt(start, images, block, clip),
                                apply_transform(spec, key, images), atol=1e-5)
@@ -422,7 +416,7 @@ def test_covariance_alignment_recovers_a_mixing_the_statistics_pin_down():
     clean = (mean + scales * rng.standard_normal((20000, 16))).astype(np.float32)
     observed = (mean + scales * rng.standard_normal((20000, 16))).astype(np.float32)
     legal = np.asarray(apply_transform(spec, key, jnp.asarray(observed.reshape(-1, 4, 4, 1))))
-    q = _true_mixing(spec, key, (4, 4, 1))
+    q = np.asarray(mixing_matrix(key, (4, 4, 1)))
     estimates = estimation.estimate_mixing(legal.reshape(len(legal), -1), clean)
     assert np.trace(estimates["mean"].T @ q) / 16 > 0.95
     # With few observations the eigenvectors are noise and the estimate is far from Q.

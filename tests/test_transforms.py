@@ -103,3 +103,13 @@ def test_mix_is_orthogonal_keyed_dense_and_exactly_invertible(licence, shape):
     poked = x.at[0, 0, 0, 0].add(0.5)
     moved = np.asarray(apply_transform(spec, licence.key(), poked) - mixed)[0]
     assert (np.abs(moved) > 1e-7).mean() > 0.99
+
+
+def test_the_mixing_matrix_is_the_mix(licence):
+    from isnn_jax.protection.transforms import mixing_matrix
+
+    x = images((3, 4, 4, 1))
+    q = np.asarray(mixing_matrix(licence.key(), (4, 4, 1)))
+    np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-5)
+    want = np.asarray(apply_transform(TransformSpec(kind="mix"), licence.key(), x)).reshape(3, -1)
+    np.testing.assert_allclose(np.asarray(x - 0.5).reshape(3, -1) @ q.T, want, atol=1e-5)

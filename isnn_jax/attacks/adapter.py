@@ -61,6 +61,14 @@ def adapt(adapter: dict[str, jax.Array], images: jax.Array, block_size: int,
     return jnp.clip(adapted, 0, 1) if clip else adapted
 
 
+def linear_adapter(matrix: np.ndarray, image_shape: tuple[int, int, int]) -> dict[str, jax.Array]:
+    """The whole-image adapter computing `M (x - 1/2)` for a (D, D) matrix `M` (the mixing's
+    form), to be applied with block size = image side and no clipping."""
+    matrix = np.asarray(matrix, np.float32)
+    return {"map": jnp.asarray(matrix.T),
+            "offset": jnp.asarray((-0.5 * matrix.sum(axis=1)).reshape(image_shape))}
+
+
 def adapter_geometry(spec: Any, image_shape: tuple[int, int, int], block_size: int,
                      kinds: tuple[str, ...]) -> tuple[int, bool, tuple[str, ...]]:
     """(block size, clip, kinds) against `spec`: the whole image, unclipped, for the mixing."""

@@ -18,11 +18,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from isnn_jax.attacks.adapter import adapted_accuracy
+from isnn_jax.attacks.adapter import adapted_accuracy, linear_adapter
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
-from isnn_jax.protection.transforms import apply_transform
+from isnn_jax.protection.transforms import apply_transform, mixing_matrix
 
 
 def estimate_pattern(legal_inputs: np.ndarray, clean_mean: np.ndarray, epsilon: float) -> np.ndarray:
@@ -47,13 +47,9 @@ def estimate_mixing(legal: np.ndarray, clean: np.ndarray) -> dict[str, np.ndarra
             for name, s in rules.items()}
 
 
-def mixing_matrix(setting: Setting) -> np.ndarray:
-    """The true `Q` of the licence (a control that needs the key): its columns `Q e_i`."""
-    shape = setting.protected.image_shape
-    size = int(np.prod(shape))
-    basis = np.eye(size, dtype=np.float32).reshape(size, *shape) + 0.5
-    return np.asarray(apply_transform(setting.spec, setting.licence.key(),
-                                      jnp.asarray(basis))).reshape(size, size).T
+def true_mixing(setting: Setting) -> np.ndarray:
+    """The true `Q` of the licence (a control that needs the key)."""
+    return np.asarray(mixing_matrix(setting.licence.key(), setting.protected.image_shape))
 
 
 def _run_mixing(setting: Setting, budget: Any, images: np.ndarray, labels: np.ndarray,
@@ -64,17 +60,15 @@ def _run_mixing(setting: Setting, budget: Any, images: np.ndarray, labels: np.nd
     legal = np.asarray(apply_transform(setting.spec, setting.licence.key(),
                                        jnp.asarray(observed_pool[:max(counts)])))
     legal, clean = legal.reshape(legal.shape[0], -1), reference.reshape(reference.shape[0], -1)
-    shape, true = setting.protected.image_shape, mixing_matrix(setting)
+    shape, true = setting.protected.image_shape, true_mixing(setting)
     rows = []
     for count in counts:
         if rows and deadline.expired():
             break
         row: dict[str, Any] = {"observed": count}
         for rule, q in estimate_mixing(legal[:count], clean).items():
-            adapter = {"map": jnp.asarray(q.T),
-                       "offset": jnp.asarray((-0.5 * q.sum(axis=1)).reshape(shape))}
-            row[f"accuracy_{rule}"] = adapted_accuracy(setting, adapter, images, labels,
-                                                       shape[0], clip=False)
+            row[f"accuracy_{rule}"] = adapted_accuracy(setting, linear_adapter(q, shape), images,
+                                                       labels, shape[0], clip=False)
             row[f"alignment_{rule}"] = float(np.trace(q.T @ true) / true.shape[0])
         row["accuracy"] = max(row["accuracy_mean"], row["accuracy_skewness"])
         rows.append(row)

@@ -114,6 +114,16 @@ def mix(key: jax.Array, images: jax.Array) -> jax.Array:
     return values.reshape(images.shape)
 
 
+def mixing_matrix(key: jax.Array, image_shape: tuple[int, ...]) -> jax.Array:
+    """The key's `Q` as a (D, D) matrix (columns `Q e_i`): for controls and tests, never for
+    the step (`mix` applies it in O(D log D))."""
+    size = 1
+    for side in image_shape:
+        size *= int(side)
+    basis = jnp.eye(size, dtype=jnp.float32).reshape(size, *image_shape) + 0.5
+    return mix(key, basis).reshape(size, size).T
+
+
 def unmix(key: jax.Array, images: jax.Array) -> jax.Array:
     """Exact inverse of `mix`: `Q_k^T y + 1/2`."""
     n = images.shape[0]
