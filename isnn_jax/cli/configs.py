@@ -19,7 +19,7 @@ from ml_collections.config_flags.tuple_parser import TupleParser
 
 from isnn_jax.cli.doors import UsageError
 from isnn_jax.configs import NAMED
-from isnn_jax.training.config import ConfigError
+from isnn_jax.training.config import FREE_FORM, ConfigError
 
 
 def packaged_configs() -> dict[str, Callable[..., ml_collections.ConfigDict]]:
@@ -121,6 +121,8 @@ def _field(config: ml_collections.ConfigDict, dotted: str) -> tuple[Any, str, st
     names = dotted.split(".")
     for index, name in enumerate(names):
         is_last = index == len(names) - 1
+        if is_last and walked in FREE_FORM and isinstance(node, ml_collections.ConfigDict):
+            return node, name, f"{walked}.{name}"  # a free-form group takes any new field
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:
             options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             close = difflib.get_close_matches(name, options, n=1)
@@ -136,14 +138,15 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, raw: str) -> 
     """Set config.<dotted> from the text `raw`; a bad value is a ConfigError naming the field,
     the value given and the type expected."""
     node, name, where = _field(config, dotted)
-    current = node[name]
+    current = node.get(name)
     if isinstance(current, ml_collections.ConfigDict):
         example = next(iter(current.keys()), "FIELD")
         raise ConfigError(f"{where} is a group of fields; set one of them, e.g. "
                           f"--{where}.{example}=VALUE")
     try:
         value = _parse_value(current, raw)
-        node[name] = value
+        with node.unlocked():  # only a free-form group can gain a field (_field checks)
+            node[name] = value
     except (ValueError, TypeError) as err:
         detail = f"; {str(err).splitlines()[0]}" if isinstance(current, tuple) and str(err) else ""
         raise ConfigError(f"--{where}={raw}: {where} takes {_describe(current)}, not {raw!r} "
@@ -173,7 +176,7 @@ def _override_tokens(config: ml_collections.ConfigDict,
         negated = f"{parent}.{leaf[2:]}" if parent else leaf[2:]
         try:
             node, name, _ = _field(config, dotted)
-            is_bool = isinstance(node[name], bool)
+            is_bool = isinstance(node.get(name), bool)
         except ConfigError:
             if leaf.startswith("no") and _is_bool_field(config, negated):
                 overrides.append((negated, "false"))
@@ -194,7 +197,7 @@ def _is_bool_field(config: ml_collections.ConfigDict, dotted: str) -> bool:
         node, name, _ = _field(config, dotted)
     except ConfigError:
         return False
-    return isinstance(node[name], bool)
+    return isinstance(node.get(name), bool)
 
 
 _CONFIG_HELP = """\

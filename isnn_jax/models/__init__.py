@@ -14,9 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from isnn_jax.models.cnn import SmallCNN
+from isnn_jax.models.imported import ModelImportError, build_imported, is_import_path
 from isnn_jax.models.mlp import MLP
 from isnn_jax.models.resnet import ResNet18
+from isnn_jax.models.stateful import StatefulModel
 
+__all__ = ["MODELS", "ModelImportError", "StatefulModel", "build_model", "model_fields",
+           "resolve_conv"]
 MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18, "mlp": MLP}
 # Compute dtypes (config.model.dtype); parameters and the loss stay float32 under both.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -42,12 +46,17 @@ def model_fields(name: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(MODELS[name]) if f.name not in skip)
 
 
-def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """The module named by `model_config["name"]`, built from the config fields it declares."""
+def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module | StatefulModel:
+    """The module named by `model_config["name"]`: a built-in one from the config fields it
+    declares, or a user's factory (`package.module:factory`) from `model_config["kwargs"]`."""
     fields = dict(model_config)
     name = fields.pop("name")
+    if is_import_path(name):
+        return build_imported(name, fields.get("kwargs") or {}, num_classes,
+                              str(fields.get("train_flag", "auto")))
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, or name "
+                         "your own as package.module:FACTORY (docs/own_model.md)")
     known = set(model_fields(name))
     if "dtype" in fields:
         if fields["dtype"] not in DTYPES:

@@ -15,6 +15,7 @@ WRONG_KEYS = 1  # random wrong keys, one per example and view
 NEAR_KEYS = 2  # which trained near key each example gets
 ESTIMATE_EXAMPLES = 3  # example keys of the eavesdropper estimate (hardening)
 ESTIMATE_SIZE = 4  # how many observed inputs the estimate averages this step
+DROPOUT = 5  # a stateful model's dropout in its training-mode pass (per device under pmap)
 
 # Streams of one example's key (under ESTIMATE_EXAMPLES): its uniform draw into the sets A, B.
 ESTIMATE_MEMBERSHIP = 3

@@ -5,6 +5,13 @@ the legal view, the wrong-key views (fresh random keys every step, drawn from
 `fold_in(rng, step)`) and the near-key views are made inside the step. `keys` carries the
 licence key and the near keys as arguments, never as compiled-in constants, and never as part
 of the state, so they cannot reach a checkpoint.
+
+A model is a Flax linen module (parameters only; one fused forward pass over every view), or
+an object with more variables than parameters or a training switch (`isnn_jax.models`'
+StatefulModel: `split`, `merge`, `eval_apply`, `train_apply`). For the latter every view runs
+in training mode in the one fused pass, so BatchNorm normalises legal and illegal views alike
+(running the illegal views in inference mode instead lets the network tell the modes apart
+rather than the keys: docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -67,12 +74,23 @@ class Protection:
         return self.protect and self.hardening.unlock > 0
 
 
+def is_stateful(model: Any) -> bool:
+    """Whether `model` has variables besides its parameters or a training switch."""
+    return hasattr(model, "train_apply")
+
+
+def trainable_part(model: Any, params: Any) -> tuple[Any, dict[str, Any]]:
+    """(what the optimiser updates, the other variables) of a model's `params` tree."""
+    return model.split(params) if is_stateful(model) else (params, {})
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                image_shape: tuple[int, int, int],
-               protection: Protection | None = None) -> TrainState:
-    """Fresh parameters and optimiser state for images of `image_shape` (HWC)."""
-    params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))["params"]
-    opt_state = tx.init(params)
+               protection: Protection | None = None, params: Any = None) -> TrainState:
+    """Fresh (or the given) parameters and a fresh optimiser state for images of `image_shape`."""
+    if params is None:
+        params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    opt_state = tx.init(trainable_part(model, params)[0])
     if protection is not None and protection.unlock:
         unlock = init_unlock(protection.hardening, protection.spec.epsilon, image_shape,
                              jax.random.fold_in(rng, randomness.INIT_UNLOCK))
@@ -140,13 +158,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     index, so the result equals the sharded-jit and single-device step up to reduction order.
     """
 
-    def loss_fn(params: Any, batch: Batch, step_rng: jax.Array, keys: Mapping[str, jax.Array],
-                unlock: jax.Array | None) -> tuple[jax.Array, dict]:
+    stateful = is_stateful(model)
+
+    def infer(params: Any, state: dict[str, Any], images: jax.Array) -> jax.Array:
+        if stateful:
+            return model.eval_apply(params, state, images)
+        return model.apply({"params": params}, images)
+
+    def loss_fn(params: Any, model_state: dict[str, Any], batch: Batch, step_rng: jax.Array,
+                keys: Mapping[str, jax.Array],
+                unlock: jax.Array | None) -> tuple[jax.Array, tuple[dict, dict]]:
         images, labels = batch["image"], batch["label"]
+        dropout = jax.random.fold_in(step_rng, randomness.DROPOUT)
+        if axis_name is not None:
+            dropout = jax.random.fold_in(dropout, jax.lax.axis_index(axis_name))
         if not protection.protect:
-            logits = model.apply({"params": params}, images)
+            if stateful:
+                logits, model_state = model.train_apply(params, model_state, images, dropout)
+            else:
+                logits = model.apply({"params": params}, images)
             loss = objective.cross_entropy(logits, labels)
-            return loss, {"loss": loss, "accuracy": objective.accuracy(logits, labels)}
+            return loss, ({"loss": loss, "accuracy": objective.accuracy(logits, labels)},
+                          model_state)
         local = images.shape[0]
         if axis_name is None:
             first, global_batch = 0, local
@@ -156,19 +189,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         views = make_views(protection, keys, images, step_rng, first, global_batch, unlock,
                            axis_name)
         sizes = [v.shape[0] for v in views.values()]
-        # One fused forward pass over all views: one large matmul per layer instead of several.
-        logits = model.apply({"params": params}, jnp.concatenate(list(views.values())))
+        # One fused forward pass over all views: one large matmul per layer. A stateful model
+        # runs it in training mode, so BatchNorm normalises every view with the same statistics
+        # (those of the whole mixed batch, which its running averages then estimate).
+        every_view = jnp.concatenate(list(views.values()))
+        if stateful:
+            logits, model_state = model.train_apply(params, model_state, every_view, dropout)
+        else:
+            logits = model.apply({"params": params}, every_view)
         splits = jnp.split(logits, _offsets(sizes))
         loss, metrics = objective.combined_loss(dict(zip(views, splits)), labels,
                                                 protection.weights, protection.illegal_form,
                                                 protection.temperature, axis_name)
         if protection.simulated.active:  # what thieves fine-tuning these weights would reach
             penalty, thief_metrics = thieves_penalty(
-                lambda p, x: model.apply({"params": p}, x), params, images, labels,
+                lambda p, x: infer(p, model_state, x), params, images, labels,
                 protection.simulated)
             loss = loss + protection.weights.get("thief", 1.0) * penalty
             metrics = {**metrics, **thief_metrics, "loss": loss}
-        return loss, metrics
+        return loss, (metrics, model_state)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                    keys: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
@@ -176,19 +215,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         opt_state, unlock = state.opt_state, None
         if protection.unlock:
             opt_state, unlock = opt_state["optimizer"], opt_state["unlock"]
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng, keys,
-                                                         unlock)
+        params, model_state = trainable_part(model, state.params)
+        grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(
+            params, model_state, batch, step_rng, keys, unlock)
         if axis_name is not None:  # equal shard sizes: the mean of means is the global mean
-            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-        updates, opt_state = tx.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+            grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
         if unlock is not None:  # the thief's move, against the weights it was measured on
-            unlock = unlock_update(lambda p, x: model.apply({"params": p}, x), state.params,
+            _, old_state = trainable_part(model, state.params)
+            unlock = unlock_update(lambda p, x: infer(p, old_state, x), params,
                                    unlock, batch["image"], batch["label"], protection.hardening,
                                    protection.spec.epsilon, axis_name)
             opt_state = {"optimizer": opt_state, "unlock": unlock}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        if stateful:
+            new_params = model.merge(new_params, model_state)
+        return state.replace(step=state.step + 1, params=new_params,
+                             opt_state=opt_state), metrics
 
     return train_step
 

@@ -268,3 +268,25 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
                               "restore it from a backup or retrain")
     finally:
         mngr.close()
+
+
+def restore_saved_params(directory: str) -> tuple[Any, int]:
+    """The newest checkpoint's parameters as they were saved (host NumPy arrays, no target
+    needed: a base model of another shape can be read and compared), verified by digest."""
+    if not has_checkpoint(directory):
+        raise CheckpointUnavailableError(f"no checkpoint in {directory}; name a trained workdir "
+                                         "or an Orbax checkpoint directory of one")
+    mngr = manager(directory, read_only=True)
+    try:
+        step = max(mngr.all_steps())
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(), step=ocp.args.JsonRestore()))
+        except Exception as err:  # Orbax and TensorStore raise many types
+            raise CheckpointError(f"cannot read the parameters at step {step} in {directory} "
+                                  f"({_short(err)})") from None
+        params = jax.tree.map(np.asarray, restored["params"])
+        _verify("params", params, restored["step"])
+        return params, step
+    finally:
+        mngr.close()

@@ -15,15 +15,33 @@ def default_config() -> ml_collections.ConfigDict:
     config.protect = True  # False trains the unprotected baseline with the same config.
     config.parallelism = "sharded"  # sharded (jit over a device mesh) | pmap
     config.distributed = False  # True: jax.distributed.initialize() (multi-host; docs/scaling.md)
+    # Start from the parameters of a trained workdir or an Orbax checkpoint directory ("": fresh).
+    config.init_from = ""
+    config.init_new_head = False  # True: a head whose class count differs is re-initialised
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # digits | fashion_mnist_idx | mnist | fashion_mnist | cifar10
+    # A packaged name (digits | fashion_mnist_idx | mnist | fashion_mnist | cifar10), any other
+    # TFDS name, image_folder (source_dir/{train,test}/CLASS/*.png|jpg) or arrays (an .npz at
+    # source_dir with x_train, y_train, x_test, y_test); docs/own_model.md.
+    config.data.name = "digits"
     config.data.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets).
     config.data.streams = 0  # input streams (0: one per process); fix it to compare process counts
     config.data.source_dir = ""  # raw files for local builders ("" = the builder's default).
+    config.data.image_key = ""  # TFDS: the image feature ("" = the one Image feature)
+    config.data.label_key = ""  # TFDS: the label feature ("" = the one ClassLabel feature)
+    config.data.image_shape = ()  # (H, W, C) to resize and centre-crop to; () = the data's own
+    config.data.random_crop = 0  # training augmentation: pad by this many pixels, crop back
+    config.data.random_flip = False  # training augmentation: mirror left-right half the images
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "small_cnn"  # small_cnn | resnet18 | mlp; each reads only its own fields
+    # small_cnn | resnet18 | mlp (each reads only its own fields below), or your own module as an
+    # import path `package.module:factory` or `path/to/file.py:factory` (docs/own_model.md).
+    config.model.name = "small_cnn"
+    # Constructor arguments of your own module (free-form: any field is accepted).
+    config.model.kwargs = ml_collections.ConfigDict()
+    # The call argument that switches training behaviour (dropout, BatchNorm statistics):
+    # auto (a `train` or `deterministic` argument of __call__, if any) | train | deterministic | none
+    config.model.train_flag = "auto"
     config.model.features = (32, 64)  # small_cnn
     config.model.hidden = 128
     # A dense branch over the raw input (models/cnn.py). Off: its kernel lines up with the additive
@@ -109,11 +127,19 @@ class ConfigError(ValueError):
     """A config field is unknown or has an unusable value; the message names the fix."""
 
 
+FREE_FORM = ("config.model.kwargs",)  # groups whose fields belong to the user, not to us
+
+
 def check_config(config: Any, reference: Any = None, prefix: str = "config") -> None:
     """Every field of `config` must exist in the default; suggest the closest name if not."""
     reference = default_config() if reference is None else reference
     for name in config.keys():
         path = f"{prefix}.{name}"
+        if path in FREE_FORM:
+            if not isinstance(config[name], (ml_collections.ConfigDict, dict)):
+                raise ConfigError(f"{path} must be a group of fields, e.g. "
+                                  f"--{path}.width=64")
+            continue
         if name not in reference:
             close = difflib.get_close_matches(name, list(reference.keys()), n=1)
             hint = f"; did you mean {prefix}.{close[0]}?" if close else ""

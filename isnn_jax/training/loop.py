@@ -32,6 +32,7 @@ from isnn_jax.protection.step import init_state, make_train_step
 from isnn_jax.training import checkpoints, metadata
 from isnn_jax.training.config import ConfigError, check_config
 from isnn_jax.training.distributed import check_processes_agree, initialize_distributed
+from isnn_jax.training.init_from import load_base
 from isnn_jax.training.metric_writers import MetricWriter
 from isnn_jax.training.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
 from isnn_jax.training.preemption import PreemptionWatch, TrainingPreempted
@@ -101,14 +102,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     per_epoch = streams.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
 
-    model = build_model(config.model.to_dict(), num_classes)
+    model = model_of(config, image_shape, num_classes)
     tx = make_optimizer(config, total_steps)
     root = jax.random.key(int(config.seed), impl="threefry2x32")
     init_rng, step_root = jax.random.split(root)
 
     repl = replicated(mesh)
-    state = jax.jit(lambda rng: init_state(model, tx, rng, image_shape, protection),
-                    out_shardings=repl)(init_rng)
+    base = None
+    if config.init_from and not checkpoints.has_checkpoint(ckpt_dir):  # a resume ignores it
+        fresh = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *image_shape)))["params"])
+        base, base_step, new_head = load_base(str(config.init_from), fresh(init_rng),
+                                              num_classes=num_classes,
+                                              new_head=bool(config.init_new_head))
+        if is_main:
+            log.info("starting from the parameters of %s (step %d)%s", config.init_from,
+                     base_step, f"; re-initialised: {', '.join(new_head)}" if new_head else "")
+    state = jax.jit(lambda rng, params: init_state(model, tx, rng, image_shape, protection,
+                                                   params),
+                    out_shardings=repl)(init_rng, base)
     mngr = checkpoints.manager(ckpt_dir, int(config.train.keep_checkpoints))
     try:
         restored = checkpoints.restore_latest_state(mngr, state)
@@ -198,6 +209,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if is_main:
         write_json(workdir / "final_evaluation.json", report)
     return report
+
+
+def model_of(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+             num_classes: int) -> Any:
+    """The config's model, checked before anything is written: it builds, and its output has
+    one logit per class for images of the data's shape."""
+    try:
+        model = build_model(config.model.to_dict(), num_classes)
+        dummy = jnp.zeros((1, *image_shape), jnp.float32)
+        shapes = jax.eval_shape(lambda rng: model.apply(model.init(rng, dummy), dummy),
+                                jax.random.key(0))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except Exception as err:  # noqa: BLE001: a user's module failing on the data's images
+        raise ConfigError(f"the model config.model.name={config.model.name!r} fails on images "
+                          f"of shape {tuple(image_shape)}: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if tuple(shapes.shape) != (1, num_classes):
+        raise ConfigError(f"the model config.model.name={config.model.name!r} outputs shape "
+                          f"{tuple(shapes.shape)} for one image; it must output (1, {num_classes})"
+                          f": one logit per class (its factory may take num_classes)")
+    return model
 
 
 def final_evaluation(config: ml_collections.ConfigDict, model: Any, params: Any,

@@ -1,0 +1,25 @@
+"""A classifier of one's own, outside the isnn_jax package: convolutions with BatchNorm and
+dropout (docs/own_model.md protects it on an image folder)."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class BNClassifier(nn.Module):
+    """Two conv + BatchNorm + ReLU + pool stages, dropout, a dense head."""
+
+    num_classes: int
+    features: tuple[int, ...] = (32, 64)
+    dropout: float = 0.25
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        for width in self.features:
+            x = nn.Conv(width, (3, 3))(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(128)(x))
+        return nn.Dense(self.num_classes)(x)
