@@ -1,11 +1,13 @@
 """Protect a model for one buyer: train for the buyer's registered licence, record the model.
 
 python -m isnn_jax.protect --registry DIR --buyer NAME --workdir DIR
-    [--config configs/fashion_mnist.py] [--config.train.epochs=3 ...]
+    [--config configs/fashion_mnist.py] [--config.train.epochs=3 ...] [--base WORKDIR]
 
 The licence comes from the seller's registry (it never needs to exist as a file on the training
 machine); the transform fields of the config are taken from the licence. After training, the
 model fingerprint (SHA-256 of the parameters) is recorded in the registry next to the licence.
+With --base, training starts from the parameters of the seller's trained model in WORKDIR
+(config.init_from), so each buyer costs a shorter fine-tuning run (docs/workflow.md).
 Exit codes as python -m isnn_jax.train: 0 done, 2 bad input (one `error:` line), 75 preempted
 after saving a checkpoint (rerun the same command to resume).
 """
@@ -18,6 +20,7 @@ import ml_collections
 from isnn_jax.cli.training import training_main
 from isnn_jax.evaluation.report import format_report
 from isnn_jax.seller.buyers import protect_for_buyer
+from isnn_jax.training.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the buyer whose registered licence the model is trained for")
     parser.add_argument("--workdir", required=True, help="directory for checkpoints, metrics and "
                         "metadata (resumed if it holds a checkpoint)")
+    parser.add_argument("--base", metavar="WORKDIR",
+                        help="start from the parameters of this trained model (the seller's base; "
+                             "the same as --config.init_from=WORKDIR)")
 
 
 def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> str:
     """Train for the buyer's licence and record the model; the summary to print."""
+    if args.base:
+        if config.init_from and config.init_from != args.base:
+            raise ConfigError(f"--base {args.base} and --config.init_from={config.init_from} "
+                              "disagree; pass one of them")
+        config.init_from = args.base
     report = protect_for_buyer(args.registry, args.buyer, config, args.workdir)
     if report.get("stopped_early"):
         return f"stopped at step {report['step']}; rerun to resume (nothing recorded yet)"

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from isnn_jax.base.errors import OperationError
 from isnn_jax.base.files import write_json
-from isnn_jax.data import DATASETS, load_split, to_float
+from isnn_jax.data import DataError, augment_options, data_options, load_split, to_float
 from isnn_jax.data.streams import load_streams, stream_count
 from isnn_jax.evaluation.counting import plain_accuracy
 from isnn_jax.evaluation.screening import evaluate_protection
@@ -32,13 +32,14 @@ from isnn_jax.protection.step import init_state, make_train_step
 from isnn_jax.training import checkpoints, metadata
 from isnn_jax.training.config import ConfigError, check_config
 from isnn_jax.training.distributed import check_processes_agree, initialize_distributed
-from isnn_jax.training.init_from import load_base
+from isnn_jax.training.init_from import base_checkpoint_dir, load_base
 from isnn_jax.training.metric_writers import MetricWriter
 from isnn_jax.training.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
 from isnn_jax.training.preemption import PreemptionWatch, TrainingPreempted
 from isnn_jax.training.setup import (check_licence_matches, check_resume_config,
-                                     check_workdir_licence, check_workdir_writable, make_optimizer,
-                                     metadata_record, protection_of, transform_spec)
+                                     check_workdir_licence, check_workdir_writable, dataset_of,
+                                     make_optimizer, metadata_record, protection_of,
+                                     transform_spec)
 
 log = logging.getLogger("isnn_jax")
 
@@ -64,9 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         check_licence_matches(licence, spec)
     else:
         licence = None
-    if config.data.name not in DATASETS:
-        raise ConfigError(f"unknown dataset config.data.name={config.data.name!r}; "
-                          f"choose one of {', '.join(DATASETS)}")
+    dataset = dataset_of(config)  # a bad dataset fails before anything is written
     is_main = jax.process_index() == 0
     check_processes_agree(config, licence)
     batch_size = int(config.train.batch_size)
@@ -78,26 +77,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     except ValueError as err:
         raise ConfigError(str(err)) from None
     stream_count(int(config.data.streams), batch_size, jax.process_count())
+    if config.init_from:
+        base_checkpoint_dir(str(config.init_from))  # a missing base fails before any output
     check_workdir_writable(workdir)
     check_workdir_licence(workdir, licence)
     ckpt_dir = checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir)
     config_changes = check_resume_config(workdir, config, ckpt_dir)
 
-    data_kwargs = {"data_dir": config.data.data_dir or None,
-                   "source_dir": config.data.source_dir or None}
-    if jax.process_count() > 1:  # one process prepares the TFDS files; the others then read them
-        if not is_main:
-            multihost_utils.sync_global_devices("isnn_jax: data prepared")
-        load_split(config.data.name, "test", **data_kwargs)
-        if is_main:
-            multihost_utils.sync_global_devices("isnn_jax: data prepared")
-    streams = load_streams(config.data.name, global_batch=batch_size,
-                           streams=int(config.data.streams), seed=int(config.seed),
-                           process_index=jax.process_index(), process_count=jax.process_count(),
-                           **data_kwargs)
-    test_images, test_labels = load_split(config.data.name, "test", **data_kwargs)
-    image_shape = tuple(DATASETS[config.data.name].image_shape)
-    num_classes = DATASETS[config.data.name].num_classes
+    data_kwargs = data_options(config.data)
+    try:  # a file the description did not open may still be bad: a ConfigError naming it
+        if jax.process_count() > 1:  # one process prepares the TFDS files; the others read them
+            if not is_main:
+                multihost_utils.sync_global_devices("isnn_jax: data prepared")
+            load_split(config.data.name, "test", **data_kwargs)
+            if is_main:
+                multihost_utils.sync_global_devices("isnn_jax: data prepared")
+        streams = load_streams(config.data.name, global_batch=batch_size,
+                               streams=int(config.data.streams), seed=int(config.seed),
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(), **data_kwargs,
+                               **augment_options(config.data))
+        test_images, test_labels = load_split(config.data.name, "test", **data_kwargs)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    image_shape = tuple(dataset.image_shape)
+    num_classes = dataset.num_classes
 
     per_epoch = streams.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
@@ -134,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if config_changes and "at_step" not in config_changes[-1]:
         config_changes[-1] = {"at_step": resumed_at, **config_changes[-1]}
     if is_main:
-        metadata.write(workdir, {**metadata_record(config, licence),
+        metadata.write(workdir, {**metadata_record(config, licence, dataset),
                                  "config_changes": config_changes})
 
     keys: dict[str, jax.Array] = {}
