@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", metavar="WORKDIR",
                         help="start from the parameters of this trained model (the seller's base; "
                              "the same as --config.init_from=WORKDIR)")
+    parser.add_argument("--transplant", action="store_true",
+                        help="with --base: a base protected for another registered licence is "
+                             "rewritten for this buyer's key, exactly, without training (mix or "
+                             "shuffle with a dense first layer; add --config.train.epochs=0)")
 
 
 def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> str:
@@ -42,7 +46,10 @@ def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> str:
             raise ConfigError(f"--base {args.base} and --config.init_from={config.init_from} "
                               "disagree; pass one of them")
         config.init_from = args.base
-    report = protect_for_buyer(args.registry, args.buyer, config, args.workdir)
+    if args.transplant and not args.base:
+        raise ConfigError("--transplant needs --base WORKDIR (the protected model to rewrite)")
+    report = protect_for_buyer(args.registry, args.buyer, config, args.workdir,
+                               transplant_base=args.transplant)
     if report.get("stopped_early"):
         return f"stopped at step {report['step']}; rerun to resume (nothing recorded yet)"
     return (f"{format_report(report)}\nrecorded model {report['model_fingerprint'][:16]} for "

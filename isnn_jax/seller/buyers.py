@@ -7,16 +7,23 @@ model fingerprint (SHA-256 of the parameters) is recorded in the registry next t
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from isnn_jax.protection.licence import Licence, LicenceError
 from isnn_jax.runtime.fingerprint import model_fingerprint
 from isnn_jax.runtime.model import load_protected
 from isnn_jax.seller.registry import Entry, open_registry
+from isnn_jax.seller.transplant import check_transplant, registry_licence_of, transplant
+from isnn_jax.training.config import ConfigError
 from isnn_jax.training.loop import train_and_evaluate
+
+log = logging.getLogger("isnn_jax")
 
 
 def configure_for_licence(config: ml_collections.ConfigDict, licence: Licence) -> None:
@@ -44,13 +51,39 @@ def record_model(registry_dir: str | Path, buyer: str, workdir: str | Path) -> E
                                      licence_id=trained_for)
 
 
+def transplanted_start(registry_dir: str | Path, base_dir: str | Path,
+                       licence: Licence) -> tuple[Any, float]:
+    """The buyer's first parameters made from the protected base in `base_dir` by the key
+    transplant (seller/transplant.py), and their measured deviation from the base."""
+    base = load_protected(base_dir)
+    with open_registry(registry_dir) as registry:
+        base_licence = registry_licence_of(list(registry.licences()),
+                                           base.meta.get("licence_fingerprint"))
+    params = transplant(base, base_licence, licence)
+    new = dataclasses.replace(base, params=params,
+                              meta={**base.meta, "licence_fingerprint": licence.fingerprint()})
+    images = np.random.default_rng(0).random((64, *base.image_shape), dtype=np.float32)
+    return params, check_transplant(base, base_licence, new, licence, images)
+
+
 def protect_for_buyer(registry_dir: str | Path, buyer: str, config: ml_collections.ConfigDict,
-                      workdir: str | Path) -> dict[str, Any]:
-    """Train (or resume) `workdir` for the buyer's licence and record the model in the registry."""
+                      workdir: str | Path, *, transplant_base: bool = False) -> dict[str, Any]:
+    """Train (or resume) `workdir` for the buyer's licence and record the model in the registry.
+
+    With `transplant_base`, the run starts from config.init_from's protected model with its
+    first layer rewritten for this buyer's key (no training needed: config.train.epochs may be 0).
+    """
     with open_registry(registry_dir) as registry:
         licence = registry.licence(buyer)
     configure_for_licence(config, licence)
-    report = train_and_evaluate(config, workdir, licence)
+    initial = None
+    if transplant_base:
+        if not config.init_from:
+            raise ConfigError("the transplant needs a base: pass --base WORKDIR")
+        initial, error = transplanted_start(registry_dir, config.init_from, licence)
+        log.info("transplanted %s to licence %s (largest logit difference %.1e)",
+                 config.init_from, licence.fingerprint(), error)
+    report = train_and_evaluate(config, workdir, licence, initial_params=initial)
     if report.get("stopped_early"):
         return report
     entry = record_model(registry_dir, buyer, workdir)

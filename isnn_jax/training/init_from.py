@@ -90,5 +90,5 @@ def load_base(path: str, fresh: Any, *, num_classes: int,
         base, step = checkpoints.restore_saved_params(directory)
     except checkpoints.CheckpointError as err:
         raise ConfigError(f"config.init_from: {err}") from None
-    params, head = graft(jax.device_get(fresh), base, num_classes=num_classes, new_head=new_head)
+    params, head = graft(fresh, base, num_classes=num_classes, new_head=new_head)
     return params, step, head

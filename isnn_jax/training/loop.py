@@ -32,7 +32,7 @@ from isnn_jax.protection.step import init_state, make_train_step
 from isnn_jax.training import checkpoints, metadata
 from isnn_jax.training.config import ConfigError, check_config
 from isnn_jax.training.distributed import check_processes_agree, initialize_distributed
-from isnn_jax.training.init_from import base_checkpoint_dir, load_base
+from isnn_jax.training.init_from import base_checkpoint_dir, graft, load_base
 from isnn_jax.training.metric_writers import MetricWriter
 from isnn_jax.training.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
 from isnn_jax.training.preemption import PreemptionWatch, TrainingPreempted
@@ -49,10 +49,13 @@ class NonFiniteLossError(OperationError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       licence: Licence | None = None) -> dict[str, Any]:
+                       licence: Licence | None = None,
+                       initial_params: Any = None) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in `workdir`), then evaluate on the test split.
 
-    Returns the evaluation report (also written to WORKDIR/final_evaluation.json).
+    A new run starts from `initial_params` if given (a transplanted base), else from
+    config.init_from's parameters if set, else from fresh ones. Returns the evaluation report
+    (also written to WORKDIR/final_evaluation.json).
     """
     check_config(config)
     initialize_distributed(config)
@@ -113,14 +116,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
     repl = replicated(mesh)
     base = None
-    if config.init_from and not checkpoints.has_checkpoint(ckpt_dir):  # a resume ignores it
-        fresh = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *image_shape)))["params"])
-        base, base_step, new_head = load_base(str(config.init_from), fresh(init_rng),
-                                              num_classes=num_classes,
-                                              new_head=bool(config.init_new_head))
-        if is_main:
-            log.info("starting from the parameters of %s (step %d)%s", config.init_from,
-                     base_step, f"; re-initialised: {', '.join(new_head)}" if new_head else "")
+    starts_from = initial_params is not None or bool(config.init_from)
+    if starts_from and not checkpoints.has_checkpoint(ckpt_dir):  # a resume ignores the base
+        fresh = jax.device_get(jax.jit(
+            lambda rng: model.init(rng, jnp.zeros((1, *image_shape)))["params"])(init_rng))
+        if initial_params is not None:
+            base, _ = graft(fresh, initial_params, num_classes=num_classes, new_head=False)
+        else:
+            base, base_step, new_head = load_base(str(config.init_from), fresh,
+                                                  num_classes=num_classes,
+                                                  new_head=bool(config.init_new_head))
+            if is_main:
+                log.info("starting from the parameters of %s (step %d)%s", config.init_from,
+                         base_step, f"; re-initialised: {', '.join(new_head)}" if new_head
+                         else "")
     state = jax.jit(lambda rng, params: init_state(model, tx, rng, image_shape, protection,
                                                    params),
                     out_shardings=repl)(init_rng, base)
