@@ -20,7 +20,6 @@ import ml_collections
 from isnn_jax.cli.training import training_main
 from isnn_jax.evaluation.report import format_report
 from isnn_jax.seller.buyers import protect_for_buyer
-from isnn_jax.training.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,24 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="directory for checkpoints, metrics and "
                         "metadata (resumed if it holds a checkpoint)")
     parser.add_argument("--base", metavar="WORKDIR",
-                        help="start from the parameters of this trained model (the seller's base; "
-                             "the same as --config.init_from=WORKDIR)")
+                        help="start from this trained model's parameters (= --config.init_from)")
     parser.add_argument("--transplant", action="store_true",
-                        help="with --base: a base protected for another registered licence is "
-                             "rewritten for this buyer's key, exactly, without training (mix or "
-                             "shuffle with a dense first layer; add --config.train.epochs=0)")
+                        help="with --base: rewrite a base protected for another registered "
+                             "licence for this buyer's key, exactly (mix or shuffle, dense first "
+                             "layer; add --config.train.epochs=0 to skip training)")
 
 
 def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> str:
     """Train for the buyer's licence and record the model; the summary to print."""
-    if args.base:
-        if config.init_from and config.init_from != args.base:
-            raise ConfigError(f"--base {args.base} and --config.init_from={config.init_from} "
-                              "disagree; pass one of them")
-        config.init_from = args.base
-    if args.transplant and not args.base:
-        raise ConfigError("--transplant needs --base WORKDIR (the protected model to rewrite)")
-    report = protect_for_buyer(args.registry, args.buyer, config, args.workdir,
+    report = protect_for_buyer(args.registry, args.buyer, config, args.workdir, base=args.base,
                                transplant_base=args.transplant)
     if report.get("stopped_early"):
         return f"stopped at step {report['step']}; rerun to resume (nothing recorded yet)"

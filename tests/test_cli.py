@@ -225,7 +225,8 @@ def test_protect_preempted_exits_75_like_train(tmp_path, monkeypatch, capsys):
     with open_registry(tmp_path / "r", create=True) as registry:
         registry.add("b", RESUME_LICENCE)
 
-    def preempted(config, workdir, licence):
+    def preempted(config, workdir, licence, initial_params=None):
+        assert initial_params is None
         assert licence.fingerprint() == RESUME_LICENCE.fingerprint()
         assert config.train.epochs == 3 and config.licence.epsilon == RESUME_LICENCE.transform.epsilon
         raise TrainingPreempted(12, "SIGTERM")

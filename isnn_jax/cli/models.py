@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from isnn_jax.cli.doors import UsageError
+from isnn_jax.data import data_options
 from isnn_jax.runtime.black_box import Classifier, command_classifier, model_classifier
 from isnn_jax.runtime.export import load_model
 from isnn_jax.seller.black_box_trace import (DEFAULT_BETA, DEFAULT_MAX_PER_LICENCE,
@@ -56,8 +57,12 @@ def resolve_data(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[np.nda
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise ValueError("the model names no dataset; pass --dataset NAME or --data FILE.npz")
+    options: dict[str, Any] = {}
+    if dataset == meta.get("dataset"):  # the model's own data, read as its config reads it
+        options = data_options(meta.get("config", {}).get("data", {}))
+    options["data_dir"] = args.data_dir
     images, labels = verification_set(dataset, split=args.split, num_images=args.num_images,
-                                      seed=args.seed, data_dir=args.data_dir)
+                                      seed=args.seed, **options)
     return images, labels, f"{dataset} {args.split}"
 
 

@@ -1,9 +1,10 @@
 """Dataset registry and loading: prepared TFDS data read into NumPy without TensorFlow.
 
-`load_split` prepares a TFDS builder once (array_record files under the TFDS data dir) and then
-reads this process's share of a split through `tfds.data_source` into one uint8 NHWC array and
-one int32 label array. Batching is index based (`batch_indices`) so that a resumed run replays
-exactly the same batches.
+`load_split` (sources.py, which also reads image_folder and arrays) prepares a TFDS builder
+once (array_record files under the TFDS data dir, `prepare`) and then reads this process's
+share of a split through `tfds.data_source` into one uint8 NHWC array and one int32 label
+array (`records_to_arrays`). Batching is index based (`batch_indices`) so that a resumed run
+replays exactly the same batches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from isnn_jax.data.common import DataError, DatasetNotFoundError
+from isnn_jax.data.images import fit_image, fit_images
+
 FASHION_MNIST_CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -27,12 +31,11 @@ CIFAR10_CLASS_NAMES: tuple[str, ...] = (
     "dog", "frog", "horse", "ship", "truck",
 )
 OFFLINE_NAMES: tuple[str, ...] = ("digits", "fashion_mnist_idx")
+IMAGE_FOLDER = "image_folder"  # source_dir/{train,test}/<class>/*.png|jpg|jpeg (folder.py)
+ARRAYS = "arrays"  # an .npz at source_dir with x_train, y_train, x_test, y_test (arrays.py)
+OWN_DATA: tuple[str, ...] = (IMAGE_FOLDER, ARRAYS)
 FILE_FORMAT = "array_record"
 READ_CHUNK = 8192  # records decoded per `__getitems__` call: bounds the per-record dicts held.
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The data is neither prepared nor obtainable here; the message says how to fix that."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +43,14 @@ class DatasetSpec:
     """What a dataset name means: its TFDS builder and the shape/classes of its examples."""
 
     name: str
-    tfds_name: str
+    tfds_name: str  # "" for image_folder and arrays
     image_shape: tuple[int, int, int]
     num_classes: int
     class_names: tuple[str, ...]
     offline: bool = False  # built from files on this machine; never downloads
     accepts_source_dir: bool = False  # `load_split(source_dir=...)` selects its raw files
+    image_key: str = "image"  # TFDS: the features read as image and label
+    label_key: str = "label"
 
 
 DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
@@ -75,7 +80,7 @@ def builder_kwargs(spec: DatasetSpec, data_dir: str | None,
     kwargs: dict[str, Any] = {"data_dir": data_dir, "file_format": FILE_FORMAT}
     if source_dir is not None:
         if not spec.accepts_source_dir:
-            users = [s.name for s in DATASETS.values() if s.accepts_source_dir]
+            users = [s.name for s in DATASETS.values() if s.accepts_source_dir] + list(OWN_DATA)
             raise ValueError(f"source_dir is only used by {', '.join(users)}, "
                              f"not by {spec.name!r}; leave it unset")
         kwargs["source_dir"] = source_dir
@@ -147,38 +152,33 @@ def read_records(source: Sequence[Mapping[str, Any]],
 
 def records_to_arrays(source: Sequence[Mapping[str, Any]],
                       image_shape: tuple[int, int, int],
-                      chunk: int = READ_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a data source of {'image', 'label'} records into (uint8 NHWC, int32) arrays."""
+                      chunk: int = READ_CHUNK, *, image_key: str = "image",
+                      label_key: str = "label", fit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a data source of {image_key, label_key} records into (uint8 NHWC, int32) arrays;
+    with `fit` every image is converted, resized and centre-cropped to `image_shape`."""
     n = len(source)
     images = np.empty((n, *image_shape), np.uint8)
     labels = np.empty((n,), np.int32)
     for start in range(0, n, chunk):
         keys = list(range(start, min(n, start + chunk)))
         records = read_records(source, keys)
-        batch = np.stack([np.asarray(r["image"]) for r in records])
+        arrays = [np.asarray(r[image_key]) for r in records]
+        arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
+        if arrays and arrays[0].dtype != np.uint8:
+            raise DataError(f"the {image_key!r} feature holds {arrays[0].dtype} images; only "
+                            f"uint8 images are read")
+        if fit and any(a.shape != arrays[0].shape for a in arrays):
+            batch = np.stack([fit_image(a, image_shape) for a in arrays])
+        else:
+            batch = np.stack(arrays)
+            if fit:
+                batch = fit_images(batch, image_shape)
         if batch.shape[1:] != tuple(image_shape):
             raise ValueError(f"records have images of shape {batch.shape[1:]}, "
                              f"expected {tuple(image_shape)}")
         images[start:start + len(keys)] = batch
-        labels[start:start + len(keys)] = [int(r["label"]) for r in records]
+        labels[start:start + len(keys)] = [int(r[label_key]) for r in records]
     return images, labels
-
-
-def load_split(name: str, split: str, *, data_dir: str | None = None,
-               source_dir: str | None = None, process_index: int = 0, process_count: int = 1,
-               drop_remainder: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 NHWC images, int32 labels) of this process's share of `split`, prepared on first use.
-
-    Shares are contiguous TFDS even splits. With `drop_remainder=False` the first
-    `len(split) % process_count` processes get one extra example, so the shares cover the split;
-    with `drop_remainder=True` those examples are dropped and every share has the same size.
-    """
-    spec = get_spec(name)
-    builder = tfds.builder(spec.tfds_name, **builder_kwargs(spec, data_dir, source_dir))
-    prepare(builder, spec)
-    share = process_split(split, process_index, process_count, drop_remainder)
-    source = builder.as_data_source(split=share)
-    return records_to_arrays(source, spec.image_shape)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

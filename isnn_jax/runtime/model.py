@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isnn_jax.data import load_split, to_float
+from isnn_jax.data import data_options, load_split, to_float
 from isnn_jax.models import build_model
 from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.protection.transforms import apply_transform, check_images
@@ -137,9 +137,7 @@ class ProtectedModel:
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """A split of the model's dataset (as its config reads it): float32 images, int32 labels."""
         data = self.meta.get("config", {}).get("data", {})
-        images, labels = load_split(self.meta["dataset"], split,
-                                    data_dir=data.get("data_dir") or None,
-                                    source_dir=data.get("source_dir") or None)
+        images, labels = load_split(self.meta["dataset"], split, **data_options(data))
         return to_float(images), labels.astype(np.int32)
 
 

@@ -67,19 +67,26 @@ def transplanted_start(registry_dir: str | Path, base_dir: str | Path,
 
 
 def protect_for_buyer(registry_dir: str | Path, buyer: str, config: ml_collections.ConfigDict,
-                      workdir: str | Path, *, transplant_base: bool = False) -> dict[str, Any]:
+                      workdir: str | Path, *, base: str | None = None,
+                      transplant_base: bool = False) -> dict[str, Any]:
     """Train (or resume) `workdir` for the buyer's licence and record the model in the registry.
 
-    With `transplant_base`, the run starts from config.init_from's protected model with its
-    first layer rewritten for this buyer's key (no training needed: config.train.epochs may be 0).
+    `base` starts from that trained model (config.init_from). With `transplant_base`, it must
+    be protected for another registered licence and its first layer is rewritten for this
+    buyer's key (no training needed: config.train.epochs may be 0).
     """
+    if base:
+        if config.init_from and config.init_from != base:
+            raise ConfigError(f"--base {base} and --config.init_from={config.init_from} "
+                              "disagree; pass one of them")
+        config.init_from = base
+    if transplant_base and not config.init_from:
+        raise ConfigError("--transplant needs --base WORKDIR (the protected model to rewrite)")
     with open_registry(registry_dir) as registry:
         licence = registry.licence(buyer)
     configure_for_licence(config, licence)
     initial = None
     if transplant_base:
-        if not config.init_from:
-            raise ConfigError("the transplant needs a base: pass --base WORKDIR")
         initial, error = transplanted_start(registry_dir, config.init_from, licence)
         log.info("transplanted %s to licence %s (largest logit difference %.1e)",
                  config.init_from, licence.fingerprint(), error)

@@ -106,9 +106,13 @@ def ownership_test(classify: Classifier, licence: Licence, images: np.ndarray,
 
 def verification_set(dataset: str, *, split: str = "test", num_images: int = 1000, seed: int = 0,
                      data_dir: str | None = None, source_dir: str | None = None,
+                     image_key: str = "", label_key: str = "", image_shape: tuple[int, ...] = (),
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `num_images` labelled images of a dataset split (a fixed random subset), float32."""
-    images, labels = load_split(dataset, split, data_dir=data_dir, source_dir=source_dir)
+    """Up to `num_images` labelled images of a dataset split (a fixed random subset), float32;
+    the data options are those of `isnn_jax.data.load_split` (a model's: `data_options`)."""
+    images, labels = load_split(dataset, split, data_dir=data_dir, source_dir=source_dir,
+                                image_key=image_key, label_key=label_key,
+                                image_shape=image_shape)
     if num_images and num_images < images.shape[0]:
         chosen = np.sort(np.random.default_rng(seed).choice(images.shape[0], num_images,
                                                              replace=False))

@@ -17,12 +17,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from isnn_jax.base.errors import OperationError
 from isnn_jax.base.files import write_json
-from isnn_jax.data import DataError, augment_options, data_options, load_split, to_float
-from isnn_jax.data.streams import load_streams, stream_count
+from isnn_jax.data import to_float
+from isnn_jax.data.streams import stream_count
 from isnn_jax.evaluation.counting import plain_accuracy
 from isnn_jax.evaluation.screening import evaluate_protection
 from isnn_jax.models import build_model
@@ -32,14 +31,14 @@ from isnn_jax.protection.step import init_state, make_train_step
 from isnn_jax.training import checkpoints, metadata
 from isnn_jax.training.config import ConfigError, check_config
 from isnn_jax.training.distributed import check_processes_agree, initialize_distributed
-from isnn_jax.training.init_from import base_checkpoint_dir, graft, load_base
+from isnn_jax.training.init_from import check_base, starting_params
 from isnn_jax.training.metric_writers import MetricWriter
 from isnn_jax.training.parallel import DataParallel, check_batch_size, host_copy, make_mesh, replicated
 from isnn_jax.training.preemption import PreemptionWatch, TrainingPreempted
 from isnn_jax.training.setup import (check_licence_matches, check_resume_config,
                                      check_workdir_licence, check_workdir_writable, dataset_of,
                                      make_optimizer, metadata_record, protection_of,
-                                     transform_spec)
+                                     training_data, transform_spec)
 
 log = logging.getLogger("isnn_jax")
 
@@ -80,56 +79,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     except ValueError as err:
         raise ConfigError(str(err)) from None
     stream_count(int(config.data.streams), batch_size, jax.process_count())
-    if config.init_from:
-        base_checkpoint_dir(str(config.init_from))  # a missing base fails before any output
+    image_shape, num_classes = tuple(dataset.image_shape), dataset.num_classes
+    model = model_of(config, image_shape, num_classes)
+    if config.init_from:  # a missing or wrongly protected base fails before any output
+        check_base(str(config.init_from), licence, transplanted=initial_params is not None)
     check_workdir_writable(workdir)
     check_workdir_licence(workdir, licence)
     ckpt_dir = checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir)
     config_changes = check_resume_config(workdir, config, ckpt_dir)
 
-    data_kwargs = data_options(config.data)
-    try:  # a file the description did not open may still be bad: a ConfigError naming it
-        if jax.process_count() > 1:  # one process prepares the TFDS files; the others read them
-            if not is_main:
-                multihost_utils.sync_global_devices("isnn_jax: data prepared")
-            load_split(config.data.name, "test", **data_kwargs)
-            if is_main:
-                multihost_utils.sync_global_devices("isnn_jax: data prepared")
-        streams = load_streams(config.data.name, global_batch=batch_size,
-                               streams=int(config.data.streams), seed=int(config.seed),
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count(), **data_kwargs,
-                               **augment_options(config.data))
-        test_images, test_labels = load_split(config.data.name, "test", **data_kwargs)
-    except DataError as err:
-        raise ConfigError(str(err)) from None
-    image_shape = tuple(dataset.image_shape)
-    num_classes = dataset.num_classes
-
+    streams, test_images, test_labels = training_data(config, batch_size)
     per_epoch = streams.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
-
-    model = model_of(config, image_shape, num_classes)
     tx = make_optimizer(config, total_steps)
     root = jax.random.key(int(config.seed), impl="threefry2x32")
     init_rng, step_root = jax.random.split(root)
 
     repl = replicated(mesh)
     base = None
-    starts_from = initial_params is not None or bool(config.init_from)
-    if starts_from and not checkpoints.has_checkpoint(ckpt_dir):  # a resume ignores the base
-        fresh = jax.device_get(jax.jit(
-            lambda rng: model.init(rng, jnp.zeros((1, *image_shape)))["params"])(init_rng))
-        if initial_params is not None:
-            base, _ = graft(fresh, initial_params, num_classes=num_classes, new_head=False)
-        else:
-            base, base_step, new_head = load_base(str(config.init_from), fresh,
-                                                  num_classes=num_classes,
-                                                  new_head=bool(config.init_new_head))
-            if is_main:
-                log.info("starting from the parameters of %s (step %d)%s", config.init_from,
-                         base_step, f"; re-initialised: {', '.join(new_head)}" if new_head
-                         else "")
+    if not checkpoints.has_checkpoint(ckpt_dir):  # a resume ignores the base
+        base = starting_params(config, model, image_shape, num_classes, init_rng, initial_params,
+                               announce=is_main)
     state = jax.jit(lambda rng, params: init_state(model, tx, rng, image_shape, protection,
                                                    params),
                     out_shardings=repl)(init_rng, base)

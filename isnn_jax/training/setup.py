@@ -12,10 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from isnn_jax.data import DATASETS
+from isnn_jax.data import (DataError, DatasetNotFoundError, DatasetSpec, augment_options,
+                           data_options, describe, load_split)
+from isnn_jax.data.streams import TrainStreams, load_streams
 from isnn_jax.protection.hardening import Hardening
 from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.protection.simulated import SimulatedThieves, parse_thieves
@@ -91,9 +96,46 @@ def check_licence_matches(licence: Licence, spec: TransformSpec) -> None:
         )
 
 
-def metadata_record(config: ml_collections.ConfigDict, licence: Licence | None) -> dict[str, Any]:
-    """The workdir's metadata: what the model expects, the licence's public fingerprint only."""
-    spec = DATASETS[config.data.name]
+def dataset_of(config: ml_collections.ConfigDict) -> DatasetSpec:
+    """What config.data names (its image shape after resizing, its classes), read without
+    loading the images; bad data options are a ConfigError naming the fix."""
+    try:
+        augment_options(config.data)  # checked here too, before anything is written
+        return describe(str(config.data.name), **data_options(config.data))
+    except DatasetNotFoundError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def training_data(config: ml_collections.ConfigDict,
+                  batch_size: int) -> tuple[TrainStreams, np.ndarray, np.ndarray]:
+    """This process's train streams and the whole test split (uint8 images, int32 labels); an
+    image the description did not open may still be bad: a ConfigError naming it."""
+    options = data_options(config.data)
+    name, is_main = str(config.data.name), jax.process_index() == 0
+    try:
+        if jax.process_count() > 1:  # one process prepares the TFDS files; the others read them
+            if not is_main:
+                multihost_utils.sync_global_devices("isnn_jax: data prepared")
+            load_split(name, "test", **options)
+            if is_main:
+                multihost_utils.sync_global_devices("isnn_jax: data prepared")
+        streams = load_streams(name, global_batch=batch_size, streams=int(config.data.streams),
+                               seed=int(config.seed), process_index=jax.process_index(),
+                               process_count=jax.process_count(), **options,
+                               **augment_options(config.data))
+        test_images, test_labels = load_split(name, "test", **options)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    return streams, test_images, test_labels
+
+
+def metadata_record(config: ml_collections.ConfigDict, licence: Licence | None,
+                    dataset: DatasetSpec | None = None) -> dict[str, Any]:
+    """The workdir's metadata: what the model expects, the licence's public fingerprint only.
+    `dataset` is what config.data describes (`dataset_of`, read again when not given)."""
+    spec = dataset if dataset is not None else dataset_of(config)
     return {
         "dataset": config.data.name,
         "image_shape": list(spec.image_shape),
