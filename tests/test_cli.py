@@ -56,7 +56,7 @@ def one_error_line(capsys) -> str:
     (["--workdir", "{w}", "--licence", "L", "--config", "configs/nonexistent.py"],
      "error: config file configs/nonexistent.py not found; pass a config file or one of the "
      "packaged configs: default, fashion_mnist, fashion_mnist_shuffle7, fashion_mnist_strong, "
-     "cifar10_resnet18"),
+     "cifar10_resnet18, imagenet_resnet18"),
     (["--workdir", "{w}", "--licence", "L", "--config.train.epochz=3"],
      "error: unknown config field config.train.epochz; did you mean config.train.epochs?"),
     (["--workdir", "{w}", "--licence", "L", "--config.protect=maybe"],
@@ -136,11 +136,12 @@ def test_packaged_config_names_equal_the_checkout_files_from_any_directory(tmp_p
     # default's mixing and MLP by accident.
     designs = {name: (configs.load_config(name).model.name, configs.load_config(name).licence.kind)
                for name in ("fashion_mnist", "fashion_mnist_shuffle7", "fashion_mnist_strong",
-                            "cifar10_resnet18")}
+                            "cifar10_resnet18", "imagenet_resnet18")}
     assert designs == {"fashion_mnist": ("small_cnn", "additive"),
                        "fashion_mnist_shuffle7": ("small_cnn", "shuffle_additive"),
                        "fashion_mnist_strong": ("mlp", "mix"),
-                       "cifar10_resnet18": ("resnet18", "additive")}
+                       "cifar10_resnet18": ("resnet18", "additive"),
+                       "imagenet_resnet18": ("resnet18", "additive")}
     own = tmp_path / "configs" / "mine.py"  # a user's file may import a packaged config
     own.parent.mkdir()
     own.write_text("from isnn_jax.configs import fashion_mnist\n\n\ndef get_config(arg='5'):\n"

@@ -60,3 +60,17 @@ def test_mlp_is_built_from_the_config_and_reads_the_flattened_image():
     assert {k: v["kernel"].shape for k, v in params.items()} == \
         {"Dense_0": (64, 16), "Dense_1": (16, 8), "head": (8, 10)}
     assert model.apply({"params": params}, jnp.ones((3, 8, 8, 1))).shape == (3, 10)
+
+
+def test_the_imagenet_stem_takes_224_pixels_to_7x7_features():
+    model = build_model({"name": "resnet18", "stem": "imagenet", "width": 32}, 1000)
+    x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
+    assert variables["params"]["Conv_0"]["kernel"].shape == (7, 7, 3, 32)
+    features = jax.eval_shape(lambda v, images: model.apply(
+        v, images, capture_intermediates=True)[1], variables, x)
+    last = features["intermediates"]["BasicBlock_7"]["__call__"][0]
+    assert last.shape == (2, 7, 7, 256)
+    with pytest.raises(ValueError, match="unknown resnet stem 'vit'"):
+        build_model({"name": "resnet18", "stem": "vit"}, 10).init(jax.random.key(0),
+                                                                 jnp.zeros((1, 8, 8, 1)))

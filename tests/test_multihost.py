@@ -1,8 +1,9 @@
 """Two JAX processes on 127.0.0.1 (4 fake CPU devices each) run the real trainer together.
 
-The pair must match a one-process 8-device run with the same two input streams, write one
-metadata file, stop together on SIGTERM to one of them, and resume with both processes from a
-checkpoint after being preempted or killed.
+The pair must match a one-process 8-device run with the same two input streams (also when the
+pair streams its input from the record files), write one metadata file, stop together on
+SIGTERM to one of them, and resume with both processes from a checkpoint after being
+preempted or killed.
 """
 
 import json
@@ -161,6 +162,19 @@ def test_preempted_then_killed_pair_resumes_with_both_processes(setup, single):
     # checks both, since an uninterrupted pair would repeat the same computation.
     outputs = wait_all(launch(workdir, licence_path, data_dir, processes=2, devices=4))
     assert "resumed from checkpoint at step" in outputs[0]
+    assert_pair_matches_single(workdir, single, outputs)
+
+
+def test_streaming_pair_matches_the_one_process_run(setup, single):
+    """Each process streams its own stream's shard from the record files (grain, one worker
+    process each) in the memory input's order: the pair ends where the one-process run, which
+    reads both streams from memory, ends."""
+    root, licence_path, data_dir = setup
+    workdir = root / "streaming"
+    outputs = wait_all(launch(workdir, licence_path, data_dir, processes=2, devices=4,
+                              extra=["--config.data.pipeline=streaming",
+                                     "--config.data.workers=1"]))
+    assert "input pipeline: streaming (as config.data.pipeline asks" in outputs[0]
     assert_pair_matches_single(workdir, single, outputs)
 
 

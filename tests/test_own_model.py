@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import flax.linen as nn
 
 from isnn_jax.models import ModelImportError, StatefulModel, build_model
 from isnn_jax.protection.licence import Licence, TransformSpec
@@ -106,6 +107,24 @@ def test_the_step_trains_parameters_and_updates_batch_statistics(user_path, name
     again, _ = step(state, batch, jax.random.key(2), keys)  # pure: the same inputs, same state
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_legal_batch_statistics_are_recovered_exactly(user_path):
+    """Two training-mode passes give the batch's own BatchNorm statistics, whatever the
+    momentum, and the moving averages the module itself would have made."""
+    model, state, _, batch, _ = _step_setup("user_models:TinyBN")
+    params, stats = model.split(state.params)
+    stats = jax.tree.map(lambda leaf: leaf + 0.3, stats)  # averages away from their start
+    images = batch["image"]
+    statistics, averages = model.batch_statistics(params, stats, images, jax.random.key(0))
+    conv = nn.Conv(model.module.width, (3, 3)).apply({"params": params["Conv_0"]}, images)
+    np.testing.assert_allclose(statistics["batch_stats"]["BatchNorm_0"]["mean"],
+                               conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(statistics["batch_stats"]["BatchNorm_0"]["var"],
+                               conv.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    _, updated = model.train_apply(params, stats, images, jax.random.key(0))
+    for ours, theirs in zip(jax.tree.leaves(averages), jax.tree.leaves(updated)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_inference_uses_running_statistics_and_no_dropout(user_path):

@@ -11,12 +11,14 @@ class BNClassifier(nn.Module):
     num_classes: int
     features: tuple[int, ...] = (32, 64)
     dropout: float = 0.25
+    batchnorm: bool = True  # False: the same network without BatchNorm (for comparison)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         for width in self.features:
             x = nn.Conv(width, (3, 3))(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            if self.batchnorm:
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), (2, 2))
         x = x.reshape(x.shape[0], -1)

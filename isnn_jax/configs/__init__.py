@@ -11,7 +11,7 @@ from collections.abc import Callable
 import ml_collections
 
 from isnn_jax.configs import (cifar10_resnet18, default, fashion_mnist, fashion_mnist_shuffle7,
-                              fashion_mnist_strong)
+                              fashion_mnist_strong, imagenet_resnet18)
 
 NAMED: dict[str, Callable[[], ml_collections.ConfigDict]] = {
     "default": default.get_config,
@@ -19,4 +19,5 @@ NAMED: dict[str, Callable[[], ml_collections.ConfigDict]] = {
     "fashion_mnist_shuffle7": fashion_mnist_shuffle7.get_config,
     "fashion_mnist_strong": fashion_mnist_strong.get_config,
     "cifar10_resnet18": cifar10_resnet18.get_config,
+    "imagenet_resnet18": imagenet_resnet18.get_config,
 }

@@ -3,14 +3,16 @@
 `load_split` (sources.py, which also reads image_folder and arrays) prepares a TFDS builder
 once (array_record files under the TFDS data dir, `prepare`) and then reads this process's
 share of a split through `tfds.data_source` into one uint8 NHWC array and one int32 label
-array (`records_to_arrays`). Batching is index based (`batch_indices`) so that a resumed run
-replays exactly the same batches.
+array (`records_to_arrays`, or `records_to_batch` for one batch of records). Batching is index
+based (`batch_indices`) so that a resumed run replays exactly the same batches; `EpochOrder`
+gives the same indices with each epoch's permutation computed once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -161,24 +163,33 @@ def records_to_arrays(source: Sequence[Mapping[str, Any]],
     labels = np.empty((n,), np.int32)
     for start in range(0, n, chunk):
         keys = list(range(start, min(n, start + chunk)))
-        records = read_records(source, keys)
-        arrays = [np.asarray(r[image_key]) for r in records]
-        arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
-        if arrays and arrays[0].dtype != np.uint8:
-            raise DataError(f"the {image_key!r} feature holds {arrays[0].dtype} images; only "
-                            f"uint8 images are read")
-        if fit and any(a.shape != arrays[0].shape for a in arrays):
-            batch = np.stack([fit_image(a, image_shape) for a in arrays])
-        else:
-            batch = np.stack(arrays)
-            if fit:
-                batch = fit_images(batch, image_shape)
-        if batch.shape[1:] != tuple(image_shape):
-            raise ValueError(f"records have images of shape {batch.shape[1:]}, "
-                             f"expected {tuple(image_shape)}")
+        batch, batch_labels = records_to_batch(read_records(source, keys), image_shape,
+                                               image_key=image_key, label_key=label_key, fit=fit)
         images[start:start + len(keys)] = batch
-        labels[start:start + len(keys)] = [int(r[label_key]) for r in records]
+        labels[start:start + len(keys)] = batch_labels
     return images, labels
+
+
+def records_to_batch(records: Sequence[Mapping[str, Any]], image_shape: tuple[int, int, int],
+                     *, image_key: str = "image", label_key: str = "label",
+                     fit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded records as (uint8 NHWC, int32) arrays, exactly as `records_to_arrays` converts
+    them (the streaming input converts its batches with this too, so both give the same bytes)."""
+    arrays = [np.asarray(r[image_key]) for r in records]
+    arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
+    if arrays and arrays[0].dtype != np.uint8:
+        raise DataError(f"the {image_key!r} feature holds {arrays[0].dtype} images; only "
+                        f"uint8 images are read")
+    if fit and any(a.shape != arrays[0].shape for a in arrays):
+        batch = np.stack([fit_image(a, image_shape) for a in arrays])
+    else:
+        batch = np.stack(arrays)
+        if fit:
+            batch = fit_images(batch, image_shape)
+    if batch.shape[1:] != tuple(image_shape):
+        raise ValueError(f"records have images of shape {batch.shape[1:]}, "
+                         f"expected {tuple(image_shape)}")
+    return batch, np.asarray([int(r[label_key]) for r in records], np.int32)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -214,3 +225,37 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
     epoch, within = divmod(step, steps_per_epoch(num_examples, batch_size))
     start = within * batch_size
     return epoch_permutation(num_examples, seed, epoch)[start:start + batch_size]
+
+
+class EpochOrder:
+    """`batch_indices(num_examples, batch_size, seed, step)` for any step, with the epoch's
+    permutation computed once and kept until another epoch is asked for (instead of once per
+    step: about 7 ms at 60,000 examples, 49 ms at 1.28 M). Safe to share between threads;
+    pickles without its cache (for input workers)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        self.per_epoch = steps_per_epoch(num_examples, batch_size)
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self._lock = threading.Lock()
+        self._epoch, self._permutation = -1, np.empty((0,), np.int64)
+
+    def __call__(self, step: int) -> np.ndarray:
+        """The indices of batch `step` (a read-only view of the epoch's permutation)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        epoch, within = divmod(step, self.per_epoch)
+        with self._lock:
+            if epoch != self._epoch:
+                permutation = epoch_permutation(self.num_examples, self.seed, epoch)
+                permutation.flags.writeable = False
+                self._epoch, self._permutation = epoch, permutation
+            permutation = self._permutation
+        start = within * self.batch_size
+        return permutation[start:start + self.batch_size]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"num_examples": self.num_examples, "batch_size": self.batch_size,
+                "seed": self.seed}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["num_examples"], state["batch_size"], state["seed"])

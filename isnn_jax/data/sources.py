@@ -3,10 +3,11 @@
 A name is one of the packaged `DATASETS`, any other TFDS name (its image and label features
 found in the builder's info, or named by image_key/label_key), `image_folder` (folder.py) or
 `arrays` (arrays.py). `describe` says what a name gives (the image shape after resizing, the
-classes) without reading its images; `load_split` reads a process's share of a split;
+classes) without reading its images; `load_split` reads a process's share of a split, which
+`open_records` opens without reading (a TFDS name's records, for the streaming input);
 `data_options` turns a config's data group into the keyword arguments of both (and of
-`streams.load_streams`). With `image_shape` every source, the packaged ones included, is
-converted, resized and centre-cropped to that shape (images.py).
+`streams.load_streams` and `streaming.open_streams`). With `image_shape` every source, the
+packaged ones included, is converted, resized and centre-cropped to that shape (images.py).
 """
 
 from __future__ import annotations
@@ -170,6 +171,41 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
     if name == ARRAYS:
         _unused_keys(name, image_key, label_key)
         return load_arrays_split(source_dir, split, image_shape=shape, **share)
+    records = open_records(name, split, data_dir=data_dir, source_dir=source_dir,
+                           image_key=image_key, label_key=label_key, image_shape=image_shape,
+                           **share)
+    return pipeline.records_to_arrays(records.source, records.spec.image_shape,
+                                      image_key=records.spec.image_key,
+                                      label_key=records.spec.label_key, fit=records.fit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """A process's share of a TFDS split as a random-access source of decoded records, and how
+    `records_to_batch` converts them (the spec's image shape and features; `fit`: resize)."""
+
+    source: Sequence[Mapping[str, Any]]
+    spec: DatasetSpec
+    fit: bool
+
+    def decode(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 NHWC images, int32 labels) of the records at `keys`, in that order."""
+        return pipeline.records_to_batch(pipeline.read_records(self.source, list(keys)),
+                                         self.spec.image_shape, image_key=self.spec.image_key,
+                                         label_key=self.spec.label_key, fit=self.fit)
+
+
+def open_records(name: str, split: str, *, data_dir: str | None = None,
+                 source_dir: str | None = None, image_key: str = "", label_key: str = "",
+                 image_shape: Sequence[int] = (), process_index: int = 0, process_count: int = 1,
+                 drop_remainder: bool = False) -> Records:
+    """This process's share of a TFDS `split` (packaged or any TFDS name, prepared on first
+    use), opened but not read: the share `load_split` reads whole. image_folder and arrays
+    have no such source (a DataError)."""
+    check_share(process_index, process_count)
+    shape = check_image_shape(image_shape)
+    if name in OWN_DATA:
+        raise DataError(f"{name} is read into memory; it has no TFDS record files")
     if name in DATASETS:
         spec = _packaged_spec(name, data_dir, source_dir, image_key, label_key, shape)
         builder = tfds.builder(spec.tfds_name, **builder_kwargs(spec, data_dir, source_dir))
@@ -179,8 +215,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
         builder = _tfds_builder(name, data_dir)
         spec = tfds_spec(name, builder, image_key, label_key, shape)
     prepare(builder, spec)
-    source = builder.as_data_source(split=process_split(split, **share))
+    source = builder.as_data_source(split=process_split(split, process_index, process_count,
+                                                        drop_remainder))
     own = DATASETS[name].image_shape if name in DATASETS else None
-    return pipeline.records_to_arrays(source, spec.image_shape, image_key=spec.image_key,
-                                      label_key=spec.label_key,
-                                      fit=shape is not None and shape != own)
+    return Records(source, spec, shape is not None and shape != own)

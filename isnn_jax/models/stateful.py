@@ -18,6 +18,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 TRAIN_FLAGS = ("train", "deterministic", "training", "none")
 PARAMS = "params"
@@ -77,6 +78,32 @@ class StatefulModel:
     def eval_apply(self, params: Any, state: dict[str, Any], images: jax.Array) -> jax.Array:
         """Inference logits from the split variables (differentiable in `params`)."""
         return self.module.apply({PARAMS: params, **state}, images, **self._switch(False))
+
+    def batch_statistics(self, params: Any, state: dict[str, Any], images: jax.Array,
+                         rng: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the statistics of `images` themselves, the moving averages after seeing them).
+
+        For BatchNorm-like state (every leaf an exponential moving average `m * old + (1 - m)
+        * batch`), two training-mode passes from averages of 0 and of 1 give `(1 - m) * batch`
+        and `m + (1 - m) * batch`, hence `m` and the batch's statistics, whatever the module's
+        momentum. The statistics stay differentiable in `params` (as in training-mode
+        BatchNorm, whose gradient flows through them); the moving averages do not."""
+        flags = self._switch(True)
+
+        def after(start: float) -> dict[str, Any]:
+            primed = jax.tree.map(lambda leaf: jnp.full_like(leaf, start), state)
+            _, updated = self.module.apply({PARAMS: params, **primed}, images,
+                                           rngs={"dropout": rng}, mutable=list(state), **flags)
+            return dict(updated)
+
+        from_zero = after(0.0)
+        fixed = jax.lax.stop_gradient(from_zero)
+        momentum = jax.tree.map(lambda one, zero: one - zero,
+                                jax.lax.stop_gradient(after(1.0)), fixed)
+        batch = jax.tree.map(lambda zero, m: zero / jnp.maximum(1.0 - m, 1e-12), from_zero,
+                             momentum)
+        averages = jax.tree.map(lambda zero, m, old: zero + m * old, fixed, momentum, state)
+        return batch, averages
 
     def train_apply(self, params: Any, state: dict[str, Any], images: jax.Array,
                     rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:

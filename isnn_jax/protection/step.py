@@ -8,10 +8,11 @@ of the state, so they cannot reach a checkpoint.
 
 A model is a Flax linen module (parameters only; one fused forward pass over every view), or
 an object with more variables than parameters or a training switch (`isnn_jax.models`'
-StatefulModel: `split`, `merge`, `eval_apply`, `train_apply`). For the latter every view runs
-in training mode in the one fused pass, so BatchNorm normalises legal and illegal views alike
-(running the illegal views in inference mode instead lets the network tell the modes apart
-rather than the keys: docs/decisions.md).
+StatefulModel: `split`, `merge`, `eval_apply`, `train_apply`, `batch_statistics`). For the
+latter the protected step normalises every view with the legal images' own batch statistics
+(which the moving averages then follow, as a buyer's model sees only legal inputs) and runs
+the fused pass in inference mode, without dropout, so legal and illegal views pass through
+exactly the same function: docs/decisions.md records the two designs that failed.
 """
 
 from __future__ import annotations
@@ -189,12 +190,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         views = make_views(protection, keys, images, step_rng, first, global_batch, unlock,
                            axis_name)
         sizes = [v.shape[0] for v in views.values()]
-        # One fused forward pass over all views: one large matmul per layer. A stateful model
-        # runs it in training mode, so BatchNorm normalises every view with the same statistics
-        # (those of the whole mixed batch, which its running averages then estimate).
+        # One fused forward pass over all views: one large matmul per layer.
         every_view = jnp.concatenate(list(views.values()))
-        if stateful:
-            logits, model_state = model.train_apply(params, model_state, every_view, dropout)
+        if stateful:  # every view normalised with the legal batch's statistics, no dropout
+            statistics, model_state = model.batch_statistics(params, model_state,
+                                                             views["legal"], dropout)
+            logits = model.eval_apply(params, statistics, every_view)
         else:
             logits = model.apply({"params": params}, every_view)
         splits = jnp.split(logits, _offsets(sizes))

@@ -32,6 +32,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.image_shape = ()  # (H, W, C) to resize and centre-crop to; () = the data's own
     config.data.random_crop = 0  # training augmentation: pad by this many pixels, crop back
     config.data.random_flip = False  # training augmentation: mirror left-right half the images
+    # How batches reach the step, the same batches every way (docs/scaling.md): auto (memory
+    # up to 4 GiB of decoded train images per host, else streaming) | memory (decoded into host
+    # memory) | streaming (read from the TFDS record files by grain) | device (held on the
+    # accelerators, gathered there).
+    config.data.pipeline = "auto"
+    config.data.workers = 0  # streaming: grain worker processes (0: a thread in this process)
+    config.data.prefetch = 2  # memory and streaming: batches prepared ahead (0: none)
 
     config.model = ml_collections.ConfigDict()
     # small_cnn | resnet18 | mlp (each reads only its own fields below), or your own module as an
@@ -53,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.widths = (512, 512)  # mlp: its hidden layers
     config.model.stage_sizes = (2, 2, 2, 2)  # resnet18
     config.model.width = 64  # resnet18
+    config.model.stem = "cifar"  # resnet18: cifar (32x32 inputs) | imagenet (224x224 inputs)
     config.model.norm = "group"  # resnet18: group | layer (no BatchNorm: docs/decisions.md)
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     config.model.conv = "auto"  # auto | xla | im2col: same parameters (docs/performance.md)

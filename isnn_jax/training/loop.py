@@ -88,8 +88,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     ckpt_dir = checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir)
     config_changes = check_resume_config(workdir, config, ckpt_dir)
 
-    streams, test_images, test_labels = training_data(config, batch_size)
-    per_epoch = streams.steps_per_epoch
+    train_input, test_images, test_labels = training_data(config, batch_size)
+    per_epoch = train_input.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
     tx = make_optimizer(config, total_steps)
     root = jax.random.key(int(config.seed), impl="threefry2x32")
@@ -146,10 +146,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     pending: tuple[int, dict] | None = None
     last_time, last_step = time.perf_counter(), step
     watch = PreemptionWatch()
+    feed = None
     try:
+        feed = train_input.open(runner, step, min(total_steps, stop_at))
         with watch:
             while step < min(total_steps, stop_at) and not watch.requested(step):
-                state, metrics = runner.step(state, streams.batch(step), step_root, keys)
+                state, metrics = runner.step(state, feed.batch(step), step_root, keys)
                 step += 1
                 if pending is not None:  # check the previous step while this one runs
                     _check_finite(*pending)
@@ -178,6 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                 log.info("stopped at step %d of %d as asked; rerun to resume", step, total_steps)
             return {"step": step, "stopped_early": True}
     finally:
+        if feed is not None:
+            feed.close()
         mngr.close()
         writer.flush()
 

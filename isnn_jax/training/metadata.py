@@ -33,12 +33,13 @@ def read(workdir: str | Path) -> dict[str, Any]:
 
 # Config fields that may differ between a run and its resumption: they decide when to log, save,
 # stop and evaluate, where the same files live, or how the same step is computed (the paths
-# give the same parameters up to float rounding), never the schedule, the data order or the
-# model. Every other field is compared (docs/decisions.md).
+# give the same parameters up to float rounding, the input pipelines the same batches), never
+# the schedule, the data order or the model. Every other field is compared (docs/decisions.md).
 RESUMABLE_FIELDS = (
     "train.stop_after_steps", "train.log_every_steps", "train.checkpoint_every_steps",
     "train.keep_checkpoints", "train.checkpoint_dir", "train.allow_changed_config",
-    "data.data_dir", "data.source_dir", "licence.copyright", "distributed", "parallelism",
+    "data.data_dir", "data.source_dir", "data.pipeline", "data.workers", "data.prefetch",
+    "licence.copyright", "distributed", "parallelism",
     "model.conv", "eval.",
 )
 

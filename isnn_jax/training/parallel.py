@@ -49,6 +49,11 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
             for name, value in local.items()}
 
 
+class DeviceBatch(dict):
+    """A batch already on the devices: name -> one array per device of `DataParallel.local_rows`
+    (in that order), each holding that device's rows of this process's share."""
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a pytree (the same value on every process) on every device of the mesh.
 
@@ -114,13 +119,49 @@ class DataParallel:
             return state
         return replicate(jax.tree.map(lambda x: np.asarray(x[0]), state), self.mesh)
 
-    def step(self, state: Any, local_batch: dict[str, np.ndarray], rng: jax.Array,
+    def local_rows(self, local_batch: int) -> list[tuple[jax.Device, int, int]]:
+        """(device, start, stop): which rows of this process's share of the batch each of its
+        devices holds, as `step` lays a host batch out."""
+        if self.kind == "pmap":
+            per = local_batch // len(self._devices)
+            return [(device, i * per, (i + 1) * per) for i, device in enumerate(self._devices)]
+        shape = (local_batch * jax.process_count(),)
+        spans = {device: index[0].indices(shape[0])[:2] for device, index
+                 in batch_sharding(self.mesh).addressable_devices_indices_map(shape).items()}
+        first = min(start for start, _ in spans.values())
+        return sorted(((device, start - first, stop - first)
+                       for device, (start, stop) in spans.items()), key=lambda row: row[1])
+
+    def assemble(self, pieces: DeviceBatch) -> dict[str, jax.Array]:
+        """A batch gathered on the devices as the arrays the step takes (no copy)."""
+        placed = {}
+        for name, arrays in pieces.items():
+            rows = sum(a.shape[0] for a in arrays)
+            if self.kind == "sharded":
+                shape = (rows * jax.process_count(), *arrays[0].shape[1:])
+                placed[name] = jax.make_array_from_single_device_arrays(
+                    shape, batch_sharding(self.mesh), arrays)
+            else:
+                local = Mesh(np.asarray(self._devices), (DATA_AXIS,))
+                shape = (len(arrays), arrays[0].shape[0], *arrays[0].shape[1:])
+                placed[name] = jax.make_array_from_single_device_arrays(
+                    shape, NamedSharding(local, PartitionSpec(DATA_AXIS)),
+                    [a[None] for a in arrays])
+        return placed
+
+    def step(self, state: Any, local_batch: dict[str, np.ndarray] | DeviceBatch, rng: jax.Array,
              keys: Any) -> tuple[Any, dict[str, jax.Array]]:
-        """One step on this process's share of the global batch; metrics are global means."""
+        """One step on this process's share of the global batch (host arrays, or a
+        `DeviceBatch` already on the devices); metrics are global means."""
+        on_devices = isinstance(local_batch, DeviceBatch)
         if self.kind == "sharded":
-            return self._step(state, global_batch(local_batch, self.mesh), rng, keys)
-        count = len(self._devices)
-        split = {name: value.reshape(count, value.shape[0] // count, *value.shape[1:])
-                 for name, value in local_batch.items()}
+            batch = self.assemble(local_batch) if on_devices else global_batch(local_batch, self.mesh)
+            return self._step(state, batch, rng, keys)
+        if on_devices:
+            split = self.assemble(local_batch)
+        else:
+            count = len(self._devices)
+            split = {name: value.reshape(count, value.shape[0] // count, *value.shape[1:])
+                     for name, value in local_batch.items()}
         state, metrics = self._step(state, split, rng, keys)
         return state, jax.tree.map(lambda m: m[0], metrics)

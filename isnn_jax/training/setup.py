@@ -20,13 +20,16 @@ from jax.experimental import multihost_utils
 
 from isnn_jax.data import (DataError, DatasetNotFoundError, DatasetSpec, augment_options,
                            data_options, describe, load_split)
-from isnn_jax.data.streams import TrainStreams, load_streams
+from isnn_jax.data.feeds import input_options
+from isnn_jax.data.streaming import open_streams, train_share_bytes
+from isnn_jax.data.streams import load_streams
 from isnn_jax.protection.hardening import Hardening
 from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.protection.simulated import SimulatedThieves, parse_thieves
 from isnn_jax.protection.step import Protection
 from isnn_jax.training import checkpoints, metadata
 from isnn_jax.training.config import ConfigError, default_config
+from isnn_jax.training.feeds import TrainInput, choose_pipeline
 
 log = logging.getLogger("isnn_jax")
 
@@ -101,6 +104,7 @@ def dataset_of(config: ml_collections.ConfigDict) -> DatasetSpec:
     loading the images; bad data options are a ConfigError naming the fix."""
     try:
         augment_options(config.data)  # checked here too, before anything is written
+        input_options(config.data)
         return describe(str(config.data.name), **data_options(config.data))
     except DatasetNotFoundError:
         raise
@@ -109,11 +113,13 @@ def dataset_of(config: ml_collections.ConfigDict) -> DatasetSpec:
 
 
 def training_data(config: ml_collections.ConfigDict,
-                  batch_size: int) -> tuple[TrainStreams, np.ndarray, np.ndarray]:
-    """This process's train streams and the whole test split (uint8 images, int32 labels); an
-    image the description did not open may still be bad: a ConfigError naming it."""
+                  batch_size: int) -> tuple[TrainInput, np.ndarray, np.ndarray]:
+    """This process's train input (its streams, and the pipeline config.data.pipeline resolves
+    to: logged) and the whole test split (uint8 images, int32 labels); an image the
+    description did not open may still be bad: a ConfigError naming it."""
     options = data_options(config.data)
     name, is_main = str(config.data.name), jax.process_index() == 0
+    inputs = input_options(config.data)
     try:
         if jax.process_count() > 1:  # one process prepares the TFDS files; the others read them
             if not is_main:
@@ -121,14 +127,22 @@ def training_data(config: ml_collections.ConfigDict,
             load_split(name, "test", **options)
             if is_main:
                 multihost_utils.sync_global_devices("isnn_jax: data prepared")
-        streams = load_streams(name, global_batch=batch_size, streams=int(config.data.streams),
-                               seed=int(config.seed), process_index=jax.process_index(),
-                               process_count=jax.process_count(), **options,
-                               **augment_options(config.data))
+        share = None
+        if inputs["pipeline"] in ("auto", "streaming"):
+            share = train_share_bytes(name, jax.process_count(), **options)
+        pipeline, why = choose_pipeline(inputs["pipeline"], name, share)
+        if is_main:
+            log.info("input pipeline: %s (%s)", pipeline, why)
+        load = open_streams if pipeline == "streaming" else load_streams
+        streams = load(name, global_batch=batch_size, streams=int(config.data.streams),
+                       seed=int(config.seed), process_index=jax.process_index(),
+                       process_count=jax.process_count(), **options,
+                       **augment_options(config.data))
         test_images, test_labels = load_split(name, "test", **options)
     except DataError as err:
         raise ConfigError(str(err)) from None
-    return streams, test_images, test_labels
+    return (TrainInput(pipeline, streams, inputs["workers"], inputs["prefetch"]), test_images,
+            test_labels)
 
 
 def metadata_record(config: ml_collections.ConfigDict, licence: Licence | None,
