@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--kinds", default="additive,shuffle_additive,mix")
+    parser.add_argument("--model", default="BNClassifier", help="BNClassifier or BNMLP")
     parser.add_argument("--out", default="benchmarks/results/own_model_digits.json")
     options = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="isnn-digits-")
@@ -38,17 +39,18 @@ def main() -> None:
     for kind in options.kinds.split(","):
         for batchnorm in (True, False):
             config = tiny_config(data_dir, epochs=options.epochs)
-            config.model.name = f"{ROOT}/docs/examples/bn_classifier.py:BNClassifier"
+            config.model.name = f"{ROOT}/docs/examples/bn_classifier.py:{options.model}"
             config.licence.kind = kind
             with config.unlocked():
-                config.model.kwargs.features = (16, 32)
+                if options.model == "BNClassifier":
+                    config.model.kwargs.features = (16, 32)
                 config.model.kwargs.batchnorm = batchnorm
             licence = Licence(bytes(range(32)), "(c) Seller; Buyer; own model",
                               transform_spec(config))
             started = time.perf_counter()
             report = train_and_evaluate(config, tempfile.mkdtemp(prefix="isnn-own-"), licence)
             seconds = time.perf_counter() - started
-            rows.append({"kind": kind, "batchnorm": batchnorm,
+            rows.append({"model": options.model, "kind": kind, "batchnorm": batchnorm,
                          "legal_accuracy": report["legal_accuracy"],
                          "clean_accuracy": report["clean_accuracy"],
                          "seconds": round(seconds, 1)})

@@ -9,6 +9,7 @@
     model = api.load_model("model.isnn")               # a workdir or an export file
 
     config = api.load_config("fashion_mnist")          # a packaged name or a config file
+    lic = api.Licence.issue("(c) ...", api.transform_spec(config))   # the config's transform
     report = api.train_and_evaluate(config, "workdir", lic)   # train (or resume), evaluate
 """
 
@@ -17,7 +18,8 @@ from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
 from isnn_jax.runtime.export import load_export, load_model
 from isnn_jax.runtime.model import ProtectedModel, apply_licence, check_image_batch, load_protected
 from isnn_jax.training.loop import train_and_evaluate
+from isnn_jax.training.setup import transform_spec
 
 __all__ = ["Licence", "LicenceError", "TransformSpec", "ProtectedModel", "load_protected",
            "load_export", "load_model", "apply_licence", "check_image_batch", "load_config",
-           "train_and_evaluate"]
+           "train_and_evaluate", "transform_spec"]

@@ -21,6 +21,7 @@ from isnn_jax.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = f"{ROOT}/docs/examples/bn_classifier.py:BNClassifier"
+MLP_EXAMPLE = f"{ROOT}/docs/examples/bn_classifier.py:BNMLP"
 SHAPE = (8, 8, 1)
 
 
@@ -141,20 +142,29 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT / "tests")}
 
 
 @pytest.mark.slow
-def test_an_outside_module_trains_from_the_cli_and_predicts_and_exports_in_fresh_processes(tmp_path,
-                                                                                 data_dir):
+def test_an_outside_module_trains_from_the_cli_and_predicts_and_exports_in_fresh_processes(
+        tmp_path):
+    """The walkthrough of docs/own_model.md, small: Fashion-MNIST PNGs in class folders, the
+    BatchNorm-dropout MLP of docs/examples, protected through python -m isnn_jax.train."""
+    folder = tmp_path / "png"
+    made = subprocess.run([sys.executable, str(ROOT / "benchmarks/make_image_folder.py"),
+                           str(folder), "--limit", "400"], capture_output=True, text=True,
+                          timeout=120, env={**ENV, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
     workdir, licence = tmp_path / "w", tmp_path / "licence.json"
-    train = [sys.executable, "-m", "isnn_jax.train", "--config", str(ROOT / "tests/tiny_config.py"),
-             f"--config.model.name={EXAMPLE}", "--config.model.kwargs.features=(8,)",
-             f"--config.data.data_dir={data_dir}", "--config.train.epochs=2",
-             "--config.eval.random_licences=4", "--workdir", str(workdir),
-             "--issue_licence", str(licence)]
+    train = [sys.executable, "-m", "isnn_jax.train", "--config", "fashion_mnist_strong",
+             f"--config.model.name={MLP_EXAMPLE}", "--config.model.kwargs.widths=(64,)",
+             "--config.data.name=image_folder", f"--config.data.source_dir={folder}",
+             "--config.train.epochs=2", "--config.train.batch_size=64",
+             "--config.eval.random_licences=4", "--config.eval.near_per_class=1",
+             "--workdir", str(workdir), "--issue_licence", str(licence)]
     result = subprocess.run(train, capture_output=True, text=True, timeout=300, env=ENV,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((workdir / "isnn_metadata.json").read_text())
-    assert meta["model"]["name"] == EXAMPLE and meta["model"]["kwargs"] == {"features": [8]}
-    images = np.random.default_rng(0).random((3, *SHAPE), dtype=np.float32)
+    assert meta["class_names"][:2] == ["Ankle_boot", "Bag"] and meta["image_shape"] == [28, 28, 1]
+    assert meta["model"]["name"] == MLP_EXAMPLE and meta["model"]["kwargs"] == {"widths": [64]}
+    images = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     np.save(tmp_path / "x.npy", images)
     check = (f"from isnn_jax import api; import numpy as np, json\n"
              f"m = api.load_protected({str(workdir)!r})\n"
