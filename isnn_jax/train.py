@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: ml_collections.ConfigDict) -> str:
     """Resolve the licence, train and evaluate; the summary to print."""
     workdir = Path(args.workdir)
-    licence = resolve_licence(config, workdir, args.licence, args.issue_licence)
-    return training_summary(train_and_evaluate(config, workdir, licence), workdir)
+    licence, save = resolve_licence(config, workdir, args.licence, args.issue_licence)
+    return training_summary(train_and_evaluate(config, workdir, licence, before_writing=save),
+                            workdir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,15 +27,17 @@ log = logging.getLogger("isnn_jax")
 
 
 def resolve_licence(config: ml_collections.ConfigDict, workdir: Path, licence_file: str | None,
-                    issue_file: str | None) -> Any:
-    """The Licence of a training run: --licence FILE, or a new one issued into --issue_licence
-    NEW_FILE (one process only, never inside the workdir); None for an unprotected run."""
+                    issue_file: str | None) -> tuple[Any, Callable[[], None] | None]:
+    """(the Licence of a training run, how to save it): --licence FILE is read (nothing to
+    save); --issue_licence NEW_FILE issues one (one process only, never inside the workdir),
+    saved by the returned function once the run has passed its checks; (None, None) for an
+    unprotected run."""
     if not config.protect:
-        return None
+        return None, None
     if licence_file and issue_file:
         raise LicenceError("pass either --licence (existing file) or --issue_licence (new file)")
     if licence_file:
-        return Licence.load(licence_file)
+        return Licence.load(licence_file), None
     if not issue_file:
         raise LicenceError("a protected run needs --licence FILE (existing) or --issue_licence "
                            "NEW_FILE (issue a new licence there); keep it outside the workdir")
@@ -45,10 +47,16 @@ def resolve_licence(config: ml_collections.ConfigDict, workdir: Path, licence_fi
                            "copy it to every worker and pass --licence FILE")
     path = Path(issue_file).absolute()
     check_licence_outside(workdir, path)
+    if path.exists():
+        raise LicenceError(f"{path} already exists; refusing to overwrite a licence (choose "
+                           "another path)")  # the words of Licence.save, which checks again
     licence = Licence.issue(config.licence.copyright, transform_spec(config))
-    licence.save(path)
-    log.info("issued licence %s into %s (mode 0600)", licence.fingerprint(), path)
-    return licence
+
+    def save() -> None:
+        licence.save(path)
+        log.info("issued licence %s into %s (mode 0600)", licence.fingerprint(), path)
+
+    return licence, save
 
 
 TrainingRun = Callable[[argparse.Namespace, ml_collections.ConfigDict], "str | None"]

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +49,15 @@ class NonFiniteLossError(OperationError):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        licence: Licence | None = None,
-                       initial_params: Any = None) -> dict[str, Any]:
+                       initial_params: Any = None,
+                       before_writing: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in `workdir`), then evaluate on the test split.
 
     A new run starts from `initial_params` if given (a transplanted base), else from
     config.init_from's parameters if set, else from fresh ones. Returns the evaluation report
-    (also written to WORKDIR/final_evaluation.json).
+    (also written to WORKDIR/final_evaluation.json). `before_writing` runs once every check
+    has passed and the data is read, just before the first file is written (the door saves a
+    newly issued licence there, so a run that cannot start leaves no file behind).
     """
     check_config(config)
     initialize_distributed(config)
