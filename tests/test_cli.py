@@ -361,3 +361,19 @@ def test_rerunning_a_finished_workdir_says_so_and_announces_the_evaluation(tmp_p
            "it again" in messages
     assert "evaluating on 360 test images ..." in messages
     assert not any(m.startswith("training protected model") for m in messages)
+
+
+def test_an_issued_licence_is_written_only_when_the_run_can_start(tmp_path, capsys, data_dir):
+    """A model that cannot be built leaves neither a licence file nor a workdir; a run that
+    starts saves the licence before anything else."""
+    from isnn_jax import train
+    licence = tmp_path / "new.licence.json"
+    code = train.main(["--config", str(TESTS / "tiny_config.py"), "--workdir", str(tmp_path / "w"),
+                       "--issue_licence", str(licence), "--config.model.name=no_such_pkg:Net",
+                       f"--config.data.data_dir={data_dir}"])
+    assert code == 2 and "cannot import 'no_such_pkg'" in capsys.readouterr().err
+    assert not licence.exists() and not (tmp_path / "w").exists()
+    code = train.main(["--config", str(TESTS / "tiny_config.py"), "--workdir", str(tmp_path / "w"),
+                       "--issue_licence", str(licence), "--config.train.stop_after_steps=1",
+                       f"--config.data.data_dir={data_dir}"])
+    assert code == 0 and licence.exists()

@@ -86,12 +86,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     model = model_of(config, image_shape, num_classes)
     if config.init_from:  # a missing or wrongly protected base fails before any output
         check_base(str(config.init_from), licence, transplanted=initial_params is not None)
-    check_workdir_writable(workdir)
     check_workdir_licence(workdir, licence)
     ckpt_dir = checkpoints.checkpoint_dir(workdir, config.train.checkpoint_dir)
     config_changes = check_resume_config(workdir, config, ckpt_dir)
-
-    train_input, test_images, test_labels = training_data(config, batch_size)
+    train_input, test_images, test_labels = training_data(config, batch_size)  # bad files fail
+    if before_writing is not None:
+        before_writing()
+    check_workdir_writable(workdir)
     per_epoch = train_input.steps_per_epoch
     total_steps = int(config.train.epochs) * per_epoch
     tx = make_optimizer(config, total_steps)
