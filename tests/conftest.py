@@ -62,6 +62,21 @@ def pytest_sessionfinish(session, exitstatus) -> None:
                 shutil.rmtree(os.environ[name], ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Undo what a command door run in-process does to logging: `setup_logging` replaces the
+    root handlers with one bound to that test's captured stderr, which is closed afterwards."""
+    import logging
+
+    root, package = logging.getLogger(), logging.getLogger("isnn_jax")
+    handlers, root_level, package_level = list(root.handlers), root.level, package.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(root_level)
+    package.setLevel(package_level)
+
+
 @pytest.fixture
 def licence() -> Licence:
     """A fixed licence (known secret) so results are reproducible across runs."""
