@@ -9,13 +9,15 @@ fresh subprocess builds the train input as the trainer does (`load_streams`, `op
 `DeviceFeed`), then times `--steps` batches of `--batch` examples after `--warmup` batches,
 each placed as the step takes it (a global array on the device) and waited for. It reports
 the images/s delivered, the seconds to set up (reading and decoding a split into memory, or
-opening record files), and peak resident memory from `getrusage`: the process's own peak and,
-for grain's worker processes, the largest worker's. The step's consumption is the jitted
+opening record files), and peak resident memory from Linux's `/proc`: the process's peak,
+reset after its imports (whose transient high-water mark would otherwise hide the data), and
+its resident set at that point; for grain's worker processes, the largest worker's peak
+(`getrusage` of the children). The step's consumption is the jitted
 protected train step of the small CNN (configs/fashion_mnist.py) on 28x28x1 images at the
 same batch, timed in this process; headroom = pipeline images/s / step images/s.
 
-Datasets: `fashion_mnist_idx` (60,000 train images, offline) and a synthetic one ten times
-larger (600,000 random 28x28x1 images, 10 classes), written once as a prepared TFDS
+Datasets: `fashion_mnist_idx` (60,000 train images, offline) and a synthetic one of the same
+size and ten times larger (60,000 and 600,000 random 28x28x1 images, 10 classes), written once as a prepared TFDS
 array_record dataset by a local builder under `--data_dir` (default: a folder under the
 system's temporary directory, kept for later runs). `--quick`: synthetic 2,000 and 20,000
 images, few steps, one worker; prints the table and writes the JSON to the temporary
@@ -84,6 +86,19 @@ def build_input(case: dict[str, Any]) -> tuple[Any, Any]:
     return TrainStreams((shard,), batch, 0, 0)
 
 
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident set to its current size (Linux: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_mib(field: str) -> float:
+    """This process's current (`VmRSS`) or peak (`VmHWM`) resident set in MiB, from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}: this benchmark measures memory on Linux")
+
+
 def child(case: dict[str, Any]) -> dict[str, Any]:
     """One case in this (fresh) process: setup time, images/s, peak memory."""
     import jax
@@ -92,7 +107,8 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
     from isnn_jax.training.feeds import DeviceFeed
     from isnn_jax.training.parallel import DataParallel, DeviceBatch, global_batch, make_mesh
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset_peak_rss()  # imports leave a high-water mark that would hide the data's growth
+    baseline = rss_mib("VmRSS")
     started = time.perf_counter()
     streams = build_input(case)
     mesh = make_mesh(jax.devices()[:1])
@@ -124,7 +140,7 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
             "images_per_s": case["steps"] * case["batch"] / seconds,
             "ms_per_batch": 1e3 * seconds / case["steps"],
             "baseline_rss_mib": baseline,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": rss_mib("VmHWM"),
             "worker_peak_rss_mib": children if case["workers"] and case["path"] == "streaming"
             else 0.0,
             "num_examples": streams.num_examples}
@@ -202,7 +218,9 @@ def main() -> None:
     if quick:
         datasets = [("synthetic", 2_000), ("synthetic", 20_000)]
     else:
-        datasets = [("fashion_mnist_idx", FASHION_TRAIN), ("synthetic", 10 * FASHION_TRAIN)]
+        # The synthetic set at both sizes, so that memory growth is compared like for like.
+        datasets = [("fashion_mnist_idx", FASHION_TRAIN), ("synthetic", FASHION_TRAIN),
+                    ("synthetic", 10 * FASHION_TRAIN)]
     load_before = os.getloadavg()
     for name, examples in datasets:  # prepare once, outside the timed children
         if name == "synthetic":
@@ -241,7 +259,7 @@ def main() -> None:
         "jax": jax.__version__, "grain": getattr(grain, "__version__", "?"),
         "counting": "images_per_s: training images per second delivered as global device "
                     "arrays; peak_rss_mib: the measuring process's peak resident set "
-                    "(baseline_rss_mib: after imports, before any data); worker_peak_rss_mib: "
+                    "since the reset after imports (baseline_rss_mib: the resident set then, before any data); worker_peak_rss_mib: "
                     "the largest grain worker's; headroom: images_per_s / the protected step's",
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "step": step, "rows": rows})
