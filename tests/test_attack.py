@@ -14,7 +14,7 @@ from isnn_jax.attacks import (AttackSetupError, BudgetError, UnknownAttackError,
 from isnn_jax.attacks import (adapter, distillation, estimation, fine_tuning, key_guessing, near_key_guessing as near_keys,
                              partial_knowledge, pruning, unlock)
 from isnn_jax.attack import main as attack_main
-from isnn_jax.attacks.fit import fit, last_layer_name, layer_mask, one_hot
+from isnn_jax.attacks.fit import fit, head_path, layer_mask, one_hot
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.report import check_no_secret, prepare_output
 from isnn_jax.attacks.setting import Deadline, eval_subset, thief_data, train_subset
@@ -147,8 +147,8 @@ def test_first_layer_reinit_replaces_exactly_what_reads_the_input(setting):
 @pytest.mark.slow
 def test_last_layer_fine_tuning_moves_only_the_head(setting):
     target = setting.protected
-    head = last_layer_name(target.params, target.num_classes)
-    assert head == "Dense_2"
+    head = head_path(target.params, target.num_classes)
+    assert head == ("Dense_2",)
     images, labels = train_subset(setting, 0.05, 0)
     tuned, steps = fit(target.module, target.params, images, one_hot(labels, target.num_classes),
                        steps=10, batch_size=16, learning_rate=1e-2, seed=0,
@@ -157,7 +157,28 @@ def test_last_layer_fine_tuning_moves_only_the_head(setting):
     for name in target.params:
         same = jax.tree_util.tree_all(jax.tree_util.tree_map(
             lambda a, b: bool(np.array_equal(a, b)), target.params[name], tuned[name]))
-        assert same == (name != head), name
+        assert same == (name != head[0]), name
+
+
+def test_the_head_is_found_at_any_depth_and_running_statistics_stay_frozen():
+    """A user's model nests its head, and a stateful one's variables hold BatchNorm's running
+    statistics beside the parameters: the thief trains parameters only."""
+    leaf = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    variables = {"params": {"backbone": {"Dense_0": {"kernel": leaf(64, 32), "bias": leaf(32)},
+                                         "BatchNorm_0": {"scale": leaf(32), "bias": leaf(32)}},
+                            "head": {"kernel": leaf(32, 10), "bias": leaf(10)}},
+                 "batch_stats": {"backbone": {"BatchNorm_0": {"mean": leaf(32),
+                                                              "var": leaf(32)}}}}
+    head = head_path(variables, 10)
+    assert head == ("params", "head")
+    mask = layer_mask(variables, {head})
+    assert float(mask["params"]["head"]["kernel"]) == 1.0
+    assert float(mask["params"]["backbone"]["Dense_0"]["kernel"]) == 0.0
+    every = layer_mask(variables, None)
+    assert float(every["params"]["backbone"]["BatchNorm_0"]["scale"]) == 1.0
+    assert float(every["batch_stats"]["backbone"]["BatchNorm_0"]["var"]) == 0.0
+    with pytest.raises(ValueError, match="no kernel with 7 outputs among"):
+        head_path(variables, 7)
 
 
 def test_pruning_zero_is_the_unpruned_model_and_sparsity_is_global(setting, reference):

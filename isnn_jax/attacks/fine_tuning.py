@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from isnn_jax.attacks.fit import fit_selected, last_layer_name, layer_mask, one_hot
+from isnn_jax.attacks.fit import fit_selected, head_path, layer_mask, one_hot
 from isnn_jax.attacks.measure import accuracy, key_accuracies_of
 from isnn_jax.attacks.parameters import input_sized, reads_input
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params, thief_data
@@ -61,7 +61,7 @@ def _reinitialised(params: Any, fresh: Any, prefixes: set[tuple]) -> Any:
 def start_point(setting: Setting, mode: str, seed: int) -> tuple[Any, Any]:
     """Initial weights and trainable mask of one start point (a mode of MODES, or 'scratch')."""
     target = setting.protected
-    head = last_layer_name(target.params, target.num_classes)
+    head = head_path(target.params, target.num_classes)
     if mode == "scratch":
         params = fresh_params(target, seed)
         return params, layer_mask(params, None)
@@ -70,7 +70,7 @@ def start_point(setting: Setting, mode: str, seed: int) -> tuple[Any, Any]:
     if mode == "last_layer":
         return target.params, layer_mask(target.params, {head})
     if mode in ("last_layer_reinit", "last_layer_reinit_only"):
-        params = {**target.params, head: fresh_params(target, seed)[head]}
+        params = _reinitialised(target.params, fresh_params(target, seed), {head})
         return params, layer_mask(params, {head} if mode.endswith("only") else None)
     if mode == "first_layer_reinit":
         prefixes = _input_layers(target.params, target.image_shape)

@@ -62,21 +62,42 @@ def _chunk_runner(module: nn.Module, batch_size: int, learning_rate: float, step
     return jax.jit(run), tx
 
 
-def layer_mask(params: Any, trainable: set[str] | None) -> Any:
-    """1.0 for leaves under the named top-level modules (all when `trainable` is None), else 0.0."""
-    return {name: jax.tree_util.tree_map(
-        lambda leaf: jnp.float32(1.0 if trainable is None or name in trainable else 0.0), sub)
-        for name, sub in params.items()}
+def _keys(path: tuple) -> tuple[str, ...]:
+    return tuple(str(getattr(part, "key", part)) for part in path)
 
 
-def last_layer_name(params: Any, num_classes: int) -> str:
-    """The top-level module whose kernel maps to `num_classes` outputs (the classifier head)."""
-    heads = [name for name, sub in params.items()
-             if isinstance(sub, dict) and "kernel" in sub and sub["kernel"].shape[-1] == num_classes]
+def _other_collection(params: Any, keys: tuple[str, ...]) -> bool:
+    """Whether a leaf lies outside the `params` collection of a stateful model's variables
+    (BatchNorm's running statistics): gradient steps on those are not training, so a thief's
+    fine-tuning keeps them as stolen (and from scratch, as initialised)."""
+    return isinstance(params, dict) and "params" in params and len(params) > 1 and \
+        keys[0] != "params"
+
+
+def layer_mask(params: Any, trainable: set[tuple[str, ...]] | None) -> Any:
+    """1.0 for leaves under one of the `trainable` module paths (every parameter when None),
+    else 0.0; a stateful model's other collections are always 0.0."""
+    def of(path: tuple, leaf: Any) -> jax.Array:
+        keys = _keys(path)
+        on = not _other_collection(params, keys) and (
+            trainable is None or any(keys[:len(prefix)] == prefix for prefix in trainable))
+        return jnp.float32(1.0 if on else 0.0)
+
+    return jax.tree_util.tree_map_with_path(of, params)
+
+
+def head_path(params: Any, num_classes: int) -> tuple[str, ...]:
+    """The path of the module whose kernel maps to `num_classes` outputs (the classifier head),
+    at any depth (a user's model may nest it); of several, the last by name."""
+    heads = [_keys(path)[:-1] for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+             if _keys(path)[-1] == "kernel" and leaf.shape[-1] == num_classes
+             and not _other_collection(params, _keys(path))]
     if not heads:
-        raise ValueError(f"no layer with {num_classes} outputs in {sorted(params)}; "
-                         "cannot tell which layer is the classifier head")
-    return sorted(heads, key=lambda n: (len(n), n))[-1]
+        kernels = ["/".join(_keys(path)) for path, _ in
+                   jax.tree_util.tree_flatten_with_path(params)[0] if _keys(path)[-1] == "kernel"]
+        raise ValueError(f"no kernel with {num_classes} outputs among {kernels}; cannot tell "
+                         "which layer is the classifier head")
+    return max(heads, key=lambda keys: tuple((len(key), key) for key in keys))
 
 
 def fit(module: nn.Module, params: Any, images: np.ndarray, targets: np.ndarray, *, steps: int,
