@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from records import command_line, write_record
 
-from isnn_jax.attacks.adapter import adapted_accuracy, linear_adapter
+from isnn_jax.attacks.adapter import adapted_accuracy, finish_of, linear_adapter
 from isnn_jax.attacks.estimation import true_mixing
 from isnn_jax.attacks.parameters import reads_input
 from isnn_jax.attacks.setting import load_setting
@@ -65,7 +65,7 @@ def main() -> None:
 
     def accuracy(q: np.ndarray) -> float:
         return adapted_accuracy(setting, linear_adapter(q, shape), images, labels, shape[0],
-                                clip=False)
+                                finish=finish_of(setting.spec))
 
     name, kernel = first_kernel(target.params, shape)
     seed = int(target.meta.get("config", {}).get("seed", 0))

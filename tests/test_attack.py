@@ -415,11 +415,12 @@ def test_adapter_attack_reports_every_draw_and_kind(setting):
 # covariance alignment finds Q where the statistics pin it down.
 
 
-def test_whole_image_adapter_at_the_true_mixing_is_the_legal_transform():
-    spec = TransformSpec(kind="mix")
+@pytest.mark.parametrize("kind,finish", [("mix", "none"), ("mix_sphere", "sphere")])
+def test_whole_image_adapter_at_the_true_mixing_is_the_legal_transform(kind, finish):
+    spec = TransformSpec(kind=kind)
     key = Licence.issue("(c) Seller; licensed to Buyer; licence 4", spec).key()
     block, clip, kinds = adapter.adapter_geometry(spec, (8, 8, 1), 0, adapter.KINDS)
-    assert (block, clip, kinds) == (8, False, ("shared",))
+    assert (block, clip, kinds) == (8, finish, ("shared",))
     start = adapter.linear_adapter(np.asarray(mixing_matrix(key, (8, 8, 1))), (8, 8, 1))
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 8, 8, 1)), jnp.float32)
     np.testing.assert_allclose(adapter.adapt(start, images, block, clip),
@@ -443,3 +444,9 @@ def test_covariance_alignment_recovers_a_mixing_the_statistics_pin_down():
     # With few observations the eigenvectors are noise and the estimate is far from Q.
     few = estimation.estimate_mixing(legal[:10].reshape(10, -1), clean)
     assert np.trace(few["mean"].T @ q) / 16 < 0.5
+    # The same statistics under mix_sphere: the clean images scaled to its norm first.
+    sphere = TransformSpec(kind="mix_sphere")
+    legal = np.asarray(apply_transform(sphere, key, jnp.asarray(observed.reshape(-1, 4, 4, 1))))
+    assert np.allclose(np.linalg.norm(legal.reshape(len(legal), -1), axis=1), 2.0, atol=1e-4)
+    estimates = estimation.estimate_mixing(legal.reshape(len(legal), -1), clean, sphere=True)
+    assert np.trace(estimates["mean"].T @ q) / 16 > 0.9

@@ -59,6 +59,30 @@ def test_train_step_gradients_are_finite(licence, form, kind):
     assert {"legal_loss", "clean_loss", "wrong_loss", "near_loss"} <= set(metrics)
 
 
+def test_thinned_illegal_views_are_the_full_views_of_every_nth_example(licence):
+    """illegal_every=4 makes the clean, wrong-key and near views of examples 0, 4, 8, ... with
+    the keys the full step gives those examples, and scores them against their own labels."""
+    from isnn_jax.protection.step import make_views
+
+    images = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
+    keys = {"licence": licence.key(), "near": jax.random.split(jax.random.key(2), 4)}
+    full, thin = (make_views(Protection(spec=TransformSpec(), wrong_views=2, illegal_every=n),
+                             keys, images, jax.random.key(3)) for n in (1, 4))
+    np.testing.assert_array_equal(thin["legal"], full["legal"])
+    np.testing.assert_array_equal(thin["clean"], full["clean"][::4])
+    np.testing.assert_array_equal(thin["near"], full["near"][::4])
+    for view in range(2):
+        np.testing.assert_array_equal(thin["wrong"][4 * view:4 * view + 4],
+                                      full["wrong"][16 * view:16 * view + 16][::4])
+    labels = jnp.arange(16) % 10
+    logits = {"legal": jax.nn.one_hot(labels, 10) * 5, "clean": jax.nn.one_hot(labels[::4], 10),
+              "wrong": jnp.zeros((8, 10))}
+    _, metrics = objective.combined_loss(logits, labels, {"clean": 1.0, "wrong": 1.0},
+                                         illegal_every=4)
+    assert float(metrics["clean_accuracy"]) == 1.0  # each thinned view met its own labels
+    assert float(metrics["legal_accuracy"]) == 1.0
+
+
 def test_variance_and_margin_terms_vanish_exactly_where_they_should():
     labels = jnp.array([0, 1, 2, 3])
     same = jnp.tile(jnp.array([[3.0, 1.0, 0.0, -2.0]]), (4, 1))

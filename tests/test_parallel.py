@@ -41,6 +41,14 @@ def test_batch_not_divisible_by_devices_names_the_fix():
         check_batch_size(5, mesh)
 
 
+def test_illegal_every_must_divide_each_devices_share():
+    mesh = make_mesh()  # 2 fake devices: 4 examples each of a batch of 8
+    check_batch_size(8, mesh, 4)
+    with pytest.raises(ValueError, match=r"objective.illegal_every=3 must be at least 1 and "
+                                         r"divide each device's 4 examples"):
+        check_batch_size(8, mesh, 3)
+
+
 def test_unknown_parallelism_is_refused():
     with pytest.raises(ValueError, match="unknown config.parallelism 'pjit'; choose one of sharded, pmap"):
         DataParallel("pjit", make_mesh(), lambda axis: None)

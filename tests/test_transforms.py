@@ -105,6 +105,27 @@ def test_mix_is_orthogonal_keyed_dense_and_exactly_invertible(licence, shape):
     assert (np.abs(moved) > 1e-7).mean() > 0.99
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mix_sphere_is_the_mix_at_one_norm_for_every_key(licence, shape):
+    """The norm of `x - 1/2` survives every orthogonal key alike: mix_sphere fixes it."""
+    spec = TransformSpec(kind="mix_sphere")
+    x = images(shape)
+    pixels = int(np.prod(shape[1:]))
+    outputs = [np.asarray(apply_transform(spec, key, x)).reshape(len(x), -1)
+               for key in (licence.key(), jax.random.key(12345))]
+    for output in outputs:
+        np.testing.assert_allclose(np.linalg.norm(output, axis=1), 0.5 * np.sqrt(pixels),
+                                   rtol=1e-5)
+    mixed = np.asarray(apply_transform(TransformSpec(kind="mix"), licence.key(), x))
+    mixed = mixed.reshape(len(x), -1)
+    np.testing.assert_allclose(outputs[0] * np.linalg.norm(mixed, axis=1, keepdims=True),
+                               mixed * 0.5 * np.sqrt(pixels), rtol=1e-4, atol=1e-4)
+    flat = np.full((1, *shape[1:]), 0.5, np.float32)  # no direction: mapped to zero, not NaN
+    assert np.all(np.asarray(apply_transform(spec, licence.key(), jnp.asarray(flat))) == 0)
+    with pytest.raises(ValueError, match="no exact inverse"):
+        invert_transform(spec, licence.key(), jnp.asarray(outputs[0].reshape(x.shape)))
+
+
 def test_the_mixing_matrix_is_the_mix(licence):
     from isnn_jax.protection.transforms import mixing_matrix
 

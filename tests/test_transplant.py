@@ -25,7 +25,7 @@ def _protected(name, spec, secret=1):
                                            "licence_fingerprint": licence.fingerprint()}), licence
 
 
-@pytest.mark.parametrize("spec", [TransformSpec(kind="mix"),
+@pytest.mark.parametrize("spec", [TransformSpec(kind="mix"), TransformSpec(kind="mix_sphere"),
                                   TransformSpec(kind="shuffle", block_size=4)])
 def test_the_transplant_keeps_the_legal_outputs_and_moves_the_illegal_ones(spec):
     base, base_licence = _protected("mlp", spec)

@@ -11,7 +11,8 @@ adapter with the best validation accuracy of the thief's own held-out images. Wi
 permutation and pattern it is exactly the legal transform (the tests check that start).
 Against the whole-image mixing the block is the whole image (a full linear map of all H*W*C
 values, which contains every orthogonal mixing) and nothing is clipped (legal inputs are
-unbounded there).
+unbounded there); against `mix_sphere` the map's output is scaled to that family's norm, as
+its legal inputs are.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import optax
 
 from isnn_jax.attacks.permutation import permutation_matrix
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, thief_data
-from isnn_jax.protection.transforms import from_blocks, to_blocks
+from isnn_jax.protection.transforms import from_blocks, to_blocks, to_sphere
 
 log = logging.getLogger("isnn_jax.attacks")
 
 KINDS = ("shared", "per_position")
+MIXING_KINDS = ("mix", "mix_sphere")
 
 
 def initial_adapter(kind: str, image_shape: tuple[int, int, int], block_size: int,
@@ -52,13 +54,16 @@ def initial_adapter(kind: str, image_shape: tuple[int, int, int], block_size: in
 
 
 def adapt(adapter: dict[str, jax.Array], images: jax.Array, block_size: int,
-          clip: bool = True) -> jax.Array:
-    """clip(blockwise map(images) + offset, 0, 1) (unclipped where `clip` is False)."""
+          finish: str = "clip") -> jax.Array:
+    """blockwise map(images) + offset, then `finish`: "clip" to [0, 1], "sphere" to the
+    `mix_sphere` transform's norm (the family is public), or "none"."""
     blocks = to_blocks(images, block_size)
     matrix = adapter["map"]
     mixed = blocks @ matrix if matrix.ndim == 2 else jnp.einsum("nhwi,hwij->nhwj", blocks, matrix)
     adapted = from_blocks(mixed, block_size, images.shape[-1]) + adapter["offset"]
-    return jnp.clip(adapted, 0, 1) if clip else adapted
+    if finish == "clip":
+        return jnp.clip(adapted, 0, 1)
+    return to_sphere(adapted) if finish == "sphere" else adapted
 
 
 def linear_adapter(matrix: np.ndarray, image_shape: tuple[int, int, int]) -> dict[str, jax.Array]:
@@ -69,25 +74,31 @@ def linear_adapter(matrix: np.ndarray, image_shape: tuple[int, int, int]) -> dic
             "offset": jnp.asarray((-0.5 * matrix.sum(axis=1)).reshape(image_shape))}
 
 
+def finish_of(spec: Any) -> str:
+    """What follows a whole-image linear map to make a legal input of `spec`'s family."""
+    return "sphere" if spec.kind == "mix_sphere" else "none"
+
+
 def adapter_geometry(spec: Any, image_shape: tuple[int, int, int], block_size: int,
                      kinds: tuple[str, ...]) -> tuple[int, bool, tuple[str, ...]]:
-    """(block size, clip, kinds) against `spec`: the whole image, unclipped, for the mixing."""
+    """(block size, finish, kinds) against `spec`: the whole image, unclipped (on the sphere
+    for `mix_sphere`), for the mixing."""
     height, width, _ = image_shape
-    if spec.kind == "mix":
+    if spec.kind in MIXING_KINDS:
         if height != width and not block_size:
             raise ValueError(f"the whole-image adapter needs square images, got {height}x{width}; "
                              "pass --budget input_adapter.block_size=B")
-        return (block_size or height), False, ("shared",)
-    return (block_size or int(spec.block_size)), True, kinds
+        return (block_size or height), finish_of(spec), ("shared",)
+    return (block_size or int(spec.block_size)), "clip", kinds
 
 
 @functools.lru_cache(maxsize=8)
-def _runner(module: nn.Module, block_size: int, clip: bool, batch_size: int,
+def _runner(module: nn.Module, block_size: int, finish: str, batch_size: int,
             learning_rate: float, steps: int):
     tx = optax.adam(learning_rate)
 
     def loss_fn(adapter: Any, params: Any, images: jax.Array, labels: jax.Array) -> jax.Array:
-        logits = module.apply({"params": params}, adapt(adapter, images, block_size, clip))
+        logits = module.apply({"params": params}, adapt(adapter, images, block_size, finish))
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     def run(state: tuple[Any, Any], params: Any, images: jax.Array, labels: jax.Array,
@@ -106,18 +117,18 @@ def _runner(module: nn.Module, block_size: int, clip: bool, batch_size: int,
 
 
 @functools.lru_cache(maxsize=8)
-def _counter(module: nn.Module, block_size: int, clip: bool):
+def _counter(module: nn.Module, block_size: int, finish: str):
     def count(adapter: Any, params: Any, images: jax.Array, labels: jax.Array) -> jax.Array:
-        logits = module.apply({"params": params}, adapt(adapter, images, block_size, clip))
+        logits = module.apply({"params": params}, adapt(adapter, images, block_size, finish))
         return (logits.argmax(-1) == labels).sum()
 
     return jax.jit(count)
 
 
 def adapted_accuracy(setting: Setting, adapter: Any, images: np.ndarray, labels: np.ndarray,
-                     block_size: int, clip: bool = True, batch_size: int = 500) -> float:
+                     block_size: int, finish: str = "clip", batch_size: int = 500) -> float:
     """Accuracy of the frozen stolen model on adapt(images)."""
-    counter = _counter(setting.protected.module, block_size, clip)
+    counter = _counter(setting.protected.module, block_size, finish)
     correct = 0
     for start in range(0, images.shape[0], batch_size):
         correct += int(counter(adapter, setting.protected.params,
@@ -128,23 +139,23 @@ def adapted_accuracy(setting: Setting, adapter: Any, images: np.ndarray, labels:
 
 def train_adapter(setting: Setting, adapter: Any, data: tuple, *, block_size: int, steps: int,
                   batch_size: int, learning_rate: float, evaluate_every: int, seed: int,
-                  clip: bool = True,
+                  finish: str = "clip",
                   deadline: Deadline | None = None) -> tuple[Any, dict[str, Any]]:
     """Adam on the adapter (the model frozen); the adapter with the best validation accuracy."""
     train_x, train_y, val_x, val_y = data
     module, params = setting.protected.module, setting.protected.params
-    tx = _runner(module, block_size, clip, batch_size, learning_rate, 1)[1]
+    tx = _runner(module, block_size, finish, batch_size, learning_rate, 1)[1]
     state = (adapter, tx.init(adapter))
     images, labels = jnp.asarray(train_x), jnp.asarray(train_y)
     rng = jax.random.key(seed)
-    best = (adapted_accuracy(setting, adapter, val_x, val_y, block_size, clip), 0, adapter)
+    best = (adapted_accuracy(setting, adapter, val_x, val_y, block_size, finish), 0, adapter)
     curve, done = [(0, best[0])], 0
     while done < steps and not (done and deadline is not None and deadline.expired()):
         chunk = min(max(1, evaluate_every), steps - done)
-        run = _runner(module, block_size, clip, batch_size, learning_rate, chunk)[0]
+        run = _runner(module, block_size, finish, batch_size, learning_rate, chunk)[0]
         state = run(state, params, images, labels, rng, jnp.int32(done))
         done += chunk
-        accuracy = adapted_accuracy(setting, state[0], val_x, val_y, block_size, clip)
+        accuracy = adapted_accuracy(setting, state[0], val_x, val_y, block_size, finish)
         curve.append((done, accuracy))
         if accuracy > best[0]:
             best = (accuracy, done, state[0])
@@ -155,7 +166,7 @@ def train_adapter(setting: Setting, adapter: Any, data: tuple, *, block_size: in
 def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> dict[str, Any]:
     """Every fraction x seed draw (the same draws as fine_tuning) and adapter kind."""
     images, labels = eval_subset(setting, eval_images)
-    block_size, clip, kinds = adapter_geometry(setting.spec, setting.protected.image_shape,
+    block_size, finish, kinds = adapter_geometry(setting.spec, setting.protected.image_shape,
                                                int(budget.block_size), tuple(budget.kinds))
     height, width, _ = setting.protected.image_shape
     if height % block_size or width % block_size:
@@ -176,7 +187,7 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
                     adapter, record = train_adapter(
                         setting, start, data, block_size=block_size, steps=int(budget.steps),
                         batch_size=int(budget.batch_size), learning_rate=float(rate),
-                        evaluate_every=int(budget.evaluate_every), seed=seed, clip=clip,
+                        evaluate_every=int(budget.evaluate_every), seed=seed, finish=finish,
                         deadline=deadline)
                     runs[f"adam:{float(rate):g}"] = {k: record[k] for k in
                                                      ("best_validation", "best_step", "steps")}
@@ -189,12 +200,12 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
                              "validation_images": int(data[2].shape[0]),
                              "selected": best[0], "validation": best[1], "runs": runs,
                              "accuracy": adapted_accuracy(setting, best[2], images, labels,
-                                                          block_size, clip)})
+                                                          block_size, finish)})
             if stopped:
                 break
         if stopped:
             break
     return {"rows": rows, "stopped_early": stopped, "eval_images": int(images.shape[0]),
-            "block_size": block_size, "clipped": clip, "kinds": list(kinds),
+            "block_size": block_size, "finish": finish, "kinds": list(kinds),
             "steps": int(budget.steps),
             "learning_rates": [float(r) for r in budget.learning_rates]}

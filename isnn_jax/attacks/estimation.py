@@ -8,7 +8,9 @@ permutation, and the numbers show whether the additive estimate alone opens the 
 For the whole-image mixing `y = Q (x - 1/2)` the eavesdropper aligns second-order statistics:
 the covariance of legal inputs is `Q C Q^T` for the clean covariance `C`, so matching their
 eigenvectors gives `Q` up to one sign per eigenvector, which the means (first moments) or the
-skewness (third moments) of the projections fix; the estimate is then applied to clean images.
+skewness (third moments) of the projections fix; the estimate is then applied to clean images
+(for `mix_sphere`, whose legal inputs all have one norm, the clean images are scaled to it
+before the covariances are compared, and the estimate's output after it).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from isnn_jax.attacks.adapter import adapted_accuracy, linear_adapter
+from isnn_jax.attacks.adapter import MIXING_KINDS, adapted_accuracy, finish_of, linear_adapter
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
-from isnn_jax.protection.transforms import apply_transform, mixing_matrix
+from isnn_jax.protection.transforms import SPHERE_FLOOR, apply_transform, mixing_matrix
 
 
 def estimate_pattern(legal_inputs: np.ndarray, clean_mean: np.ndarray, epsilon: float) -> np.ndarray:
@@ -30,10 +32,16 @@ def estimate_pattern(legal_inputs: np.ndarray, clean_mean: np.ndarray, epsilon: 
     return (epsilon * np.sign(legal_inputs.mean(axis=0) - clean_mean)).astype(np.float32)
 
 
-def estimate_mixing(legal: np.ndarray, clean: np.ndarray) -> dict[str, np.ndarray]:
+def estimate_mixing(legal: np.ndarray, clean: np.ndarray,
+                    sphere: bool = False) -> dict[str, np.ndarray]:
     """Estimates of the mixing `Q` (D, D) from flattened legal inputs and clean images, one per
-    sign rule: `U_legal diag(s) U_clean^T` with the eigenvectors sorted by eigenvalue."""
+    sign rule: `U_legal diag(s) U_clean^T` with the eigenvectors sorted by eigenvalue. With
+    `sphere` (the `mix_sphere` family) the clean images are scaled to its norm first, so that
+    both sets differ by `Q` alone."""
     legal, clean = legal.astype(np.float64), clean.astype(np.float64) - 0.5
+    if sphere:
+        clean = clean * (0.5 * np.sqrt(clean.shape[1]) /
+                         np.maximum(np.linalg.norm(clean, axis=1, keepdims=True), SPHERE_FLOOR))
     mean_y, mean_x = legal.mean(axis=0), clean.mean(axis=0)
     bases = []
     for values, mean in ((legal, mean_y), (clean, mean_x)):
@@ -66,9 +74,11 @@ def _run_mixing(setting: Setting, budget: Any, images: np.ndarray, labels: np.nd
         if rows and deadline.expired():
             break
         row: dict[str, Any] = {"observed": count}
-        for rule, q in estimate_mixing(legal[:count], clean).items():
+        for rule, q in estimate_mixing(legal[:count], clean,
+                                       setting.spec.kind == "mix_sphere").items():
             row[f"accuracy_{rule}"] = adapted_accuracy(setting, linear_adapter(q, shape), images,
-                                                       labels, shape[0], clip=False)
+                                                       labels, shape[0],
+                                                       finish=finish_of(setting.spec))
             row[f"alignment_{rule}"] = float(np.trace(q.T @ true) / true.shape[0])
         row["accuracy"] = max(row["accuracy_mean"], row["accuracy_skewness"])
         rows.append(row)
@@ -81,7 +91,7 @@ def _run_mixing(setting: Setting, budget: Any, images: np.ndarray, labels: np.nd
 def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> dict[str, Any]:
     """Accuracy on clean test images with the pattern estimated from N observed legal inputs."""
     images, labels = eval_subset(setting, eval_images)
-    if setting.spec.kind == "mix":
+    if setting.spec.kind in MIXING_KINDS:
         return _run_mixing(setting, budget, images, labels, deadline)
     # The eavesdropper's traffic and its own clean images are disjoint halves of the train split.
     half = setting.train_images.shape[0] // 2

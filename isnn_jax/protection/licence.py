@@ -27,7 +27,7 @@ KEY_DOMAIN = b"isnn-jax/transform-key/v1\x00"
 ID_DOMAIN = b"isnn-jax/licence-id/v1\x00"
 SECRET_BYTES = 32  # 256 bits; licences below 128 bits are refused.
 MIN_SECRET_BYTES = 16
-TRANSFORM_KINDS = ("additive", "shuffle", "shuffle_additive", "mix")
+TRANSFORM_KINDS = ("additive", "shuffle", "shuffle_additive", "mix", "mix_sphere")
 PATTERN_DISTRIBUTIONS = ("rademacher", "uniform")
 # threefry2x32 is named explicitly so a process-wide default PRNG change can never alter a key.
 PRNG_IMPL = "threefry2x32"

@@ -94,6 +94,9 @@ ILLEGAL_LOSSES: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+SUBSET_VIEWS = ("clean", "wrong", "near")  # the views `illegal_every` thins
+
+
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of argmax predictions equal to the labels."""
     return (logits.argmax(axis=-1) == labels).mean()
@@ -106,6 +109,7 @@ def combined_loss(
     illegal_form: str = "uniform_constant",
     temperature: float = 1.0,
     axis_name: str | None = None,
+    illegal_every: int = 1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The combined loss over the views' logits and the metrics of every view.
 
@@ -116,6 +120,8 @@ def combined_loss(
     logits that still rank the true class first are penalised (shrinking the logits alone no
     longer satisfies the loss, so the argmax must stop carrying the label).
     `axis_name` (pmap only) makes batch statistics span every device's shard.
+    `illegal_every` n: the clean, wrong-key and near views hold every n-th example only
+    (`labels[::n]`); the other views (hardening) hold every example.
     """
     if illegal_form not in ILLEGAL_LOSSES:
         raise ValueError(
@@ -128,8 +134,8 @@ def combined_loss(
     for name, logits in views.items():
         if name == "legal":
             continue
-        repeats = logits.shape[0] // labels.shape[0]
-        view_labels = jnp.tile(labels, repeats)
+        of = labels[::illegal_every] if name in SUBSET_VIEWS else labels
+        view_labels = jnp.tile(of, logits.shape[0] // of.shape[0])
         term = illegal(logits * temperature, view_labels, axis_name=axis_name)
         total = total + weights.get(name, 0.0) * term
         metrics[f"{name}_loss"] = term

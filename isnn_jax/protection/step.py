@@ -57,6 +57,7 @@ class Protection:
     spec: TransformSpec
     protect: bool = True
     wrong_views: int = 1
+    illegal_every: int = 1  # illegal views of every n-th example only (by global index)
     weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
     )
@@ -66,7 +67,8 @@ class Protection:
     simulated: SimulatedThieves = SimulatedThieves()
 
     def __hash__(self) -> int:
-        return hash((self.spec, self.protect, self.wrong_views, tuple(sorted(self.weights.items())),
+        return hash((self.spec, self.protect, self.wrong_views, self.illegal_every,
+                     tuple(sorted(self.weights.items())),
                      self.illegal_form, self.temperature, self.hardening, self.simulated))
 
     @property
@@ -117,27 +119,31 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
     `images` are the global batch's examples `first_example ..` (a device's shard under pmap);
     `global_batch` (default: this batch) numbers the wrong-key views of all devices apart.
     `unlock` holds the thief's perturbations (unlock hardening); `axis_name` (pmap) lets the
-    estimate hardening average over every device's shard.
+    estimate hardening average over every device's shard. With `illegal_every` n > 1 the clean,
+    wrong-key and near views are made of every n-th example only (global index 0 mod n: the
+    same examples and keys for any device count, as each shard's size divides by n).
     """
     spec = protection.spec
     batch = images.shape[0]
     global_batch = batch if global_batch is None else global_batch
+    every = protection.illegal_every
+    some = images[::every]  # a static stride: the examples that get illegal views
     views = {"legal": apply_transform(spec, keys["licence"], images)}
     if protection.weights.get("clean", 0.0) > 0:
-        views["clean"] = images
+        views["clean"] = some
     if protection.wrong_views > 0:
         stream = jax.random.fold_in(step_rng, randomness.WRONG_KEYS)
         wrong_keys = jnp.concatenate([
-            example_keys(stream, view * global_batch + first_example, batch)
+            example_keys(stream, view * global_batch + first_example, batch)[::every]
             for view in range(protection.wrong_views)])
-        tiled = jnp.tile(images, (protection.wrong_views, 1, 1, 1))
+        tiled = jnp.tile(some, (protection.wrong_views, 1, 1, 1))
         views["wrong"] = apply_per_example(spec, wrong_keys, tiled)
     near = keys.get("near")
     if near is not None and near.shape[0] > 0 and protection.weights.get("near", 0.0) > 0:
         draw = example_keys(jax.random.fold_in(step_rng, randomness.NEAR_KEYS), first_example,
-                            batch)
+                            batch)[::every]
         choice = jax.vmap(lambda k: jax.random.randint(k, (), 0, near.shape[0]))(draw)
-        views["near"] = apply_per_example(spec, near[choice], images)
+        views["near"] = apply_per_example(spec, near[choice], some)
     hardening = protection.hardening
     if hardening.estimate:
         estimate_keys = example_keys(jax.random.fold_in(step_rng, randomness.ESTIMATE_EXAMPLES),
@@ -201,7 +207,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         splits = jnp.split(logits, _offsets(sizes))
         loss, metrics = objective.combined_loss(dict(zip(views, splits)), labels,
                                                 protection.weights, protection.illegal_form,
-                                                protection.temperature, axis_name)
+                                                protection.temperature, axis_name,
+                                                illegal_every=protection.illegal_every)
         if protection.simulated.active:  # what thieves fine-tuning these weights would reach
             penalty, thief_metrics = thieves_penalty(
                 lambda p, x: infer(p, model_state, x), params, images, labels,

@@ -16,6 +16,8 @@ O(width * D log D) for the mixing and no D x D matrix is ever built.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Any
 
@@ -27,7 +29,7 @@ from isnn_jax.protection.licence import Licence, LicenceError
 from isnn_jax.protection.transforms import apply_transform, invert_transform
 from isnn_jax.runtime.model import ProtectedModel
 
-KINDS = ("mix", "shuffle")
+KINDS = ("mix", "mix_sphere", "shuffle")
 TOLERANCE = 1e-3  # largest logit difference (relative to the logits' scale) accepted
 
 
@@ -77,11 +79,15 @@ def transplant(base: ProtectedModel, base_licence: Licence, licence: Licence) ->
     kernel = jnp.asarray(kernel, jnp.float32)
     old_key, new_key = base_licence.key(), licence.key()
 
+    # mix_sphere is the mixing times a factor of the image alone (its norm), which every key
+    # shares: between two keys it is the mixing's map Q_k Q_0^T.
+    linear = dataclasses.replace(spec, kind="mix") if spec.kind == "mix_sphere" else spec
+
     def to_new(images: jax.Array) -> jax.Array:  # t_k(t_0^{-1}(v))
-        return apply_transform(spec, new_key, invert_transform(spec, old_key, images))
+        return apply_transform(linear, new_key, invert_transform(linear, old_key, images))
 
     def to_old(images: jax.Array) -> jax.Array:  # t_0(t_k^{-1}(v))
-        return apply_transform(spec, old_key, invert_transform(spec, new_key, images))
+        return apply_transform(linear, old_key, invert_transform(linear, new_key, images))
 
     columns = kernel.T.reshape(-1, *shape)
     zero = jnp.zeros((1, *shape), jnp.float32)

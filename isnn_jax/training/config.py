@@ -82,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.objective.w_wrong = 1.0
     config.objective.w_near = 1.0
     config.objective.wrong_views = 2  # wrong-key views of every image per step
+    # Illegal views (clean, wrong keys, near keys) of every n-th example only: 1 = all; n > 1
+    # cuts the network images per example from 5 to 1 + 4/n (docs/decisions.md has the table).
+    config.objective.illegal_every = 1
     config.objective.near_keys = 64  # near keys (copyright edits, secret bit flips) trained on
 
     # Hardening (isnn_jax/hardening.py, docs/security.md): attack outputs trained as illegal.

@@ -75,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     check_processes_agree(config, licence)
     batch_size = int(config.train.batch_size)
     mesh = make_mesh()
-    check_batch_size(batch_size, mesh)  # bad sizes fail before anything is written
+    check_batch_size(batch_size, mesh, int(config.objective.illegal_every))  # before any write
     protection = protection_of(config, spec)
     try:
         protection.hardening.check_batch(batch_size)

@@ -27,8 +27,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
-    """The global batch must split evenly over the devices and the processes."""
+def check_batch_size(global_batch: int, mesh: Mesh, illegal_every: int = 1) -> None:
+    """The global batch must split evenly over the devices and the processes, and each device's
+    share by `illegal_every` (so every device count picks the same examples for illegal views)."""
     devices = mesh.devices.size
     if global_batch % devices:
         raise ValueError(
@@ -40,6 +41,11 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> None:
         raise ValueError(
             f"train.batch_size={global_batch} does not divide by {jax.process_count()} processes"
         )
+    if illegal_every < 1 or (global_batch // devices) % illegal_every:
+        raise ValueError(
+            f"objective.illegal_every={illegal_every} must be at least 1 and divide each "
+            f"device's {global_batch // devices} examples (train.batch_size={global_batch} over "
+            f"{devices} devices); use a divisor such as 1, 2 or 4")
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

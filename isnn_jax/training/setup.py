@@ -74,6 +74,7 @@ def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Pro
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
+                      illegal_every=int(obj.illegal_every),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
                                "near": float(obj.w_near), "unlock": float(hard.w_unlock),
                                "estimate": float(hard.w_estimate), "thief": float(sim.w_thief)},
