@@ -66,8 +66,9 @@ def test_thinned_illegal_views_are_the_full_views_of_every_nth_example(licence):
 
     images = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
     keys = {"licence": licence.key(), "near": jax.random.split(jax.random.key(2), 4)}
-    full, thin = (make_views(Protection(spec=TransformSpec(), wrong_views=2, illegal_every=n),
-                             keys, images, jax.random.key(3)) for n in (1, 4))
+    views = jax.jit(make_views, static_argnums=0)  # eager, the per-example vmaps take seconds
+    full, thin = (views(Protection(spec=TransformSpec(), wrong_views=2, illegal_every=n),
+                        keys, images, jax.random.key(3)) for n in (1, 4))
     np.testing.assert_array_equal(thin["legal"], full["legal"])
     np.testing.assert_array_equal(thin["clean"], full["clean"][::4])
     np.testing.assert_array_equal(thin["near"], full["near"][::4])
@@ -81,6 +82,22 @@ def test_thinned_illegal_views_are_the_full_views_of_every_nth_example(licence):
                                          illegal_every=4)
     assert float(metrics["clean_accuracy"]) == 1.0  # each thinned view met its own labels
     assert float(metrics["legal_accuracy"]) == 1.0
+
+
+def test_grouped_wrong_keys_are_shared_by_consecutive_examples(licence):
+    """wrong_key_group=4: examples 0-3 get one wrong key, 4-7 the next; group 1 is the default."""
+    from isnn_jax.protection.step import make_views
+
+    images = jnp.broadcast_to(jax.random.uniform(jax.random.key(1), (1, 8, 8, 1)), (8, 8, 8, 1))
+    keys = {"licence": licence.key()}
+    make = jax.jit(make_views, static_argnums=0)
+    views = {group: make(Protection(spec=TransformSpec(), wrong_views=1, wrong_key_group=group),
+                         keys, images, jax.random.key(3))["wrong"] for group in (1, 4)}
+    grouped = np.asarray(views[4]).reshape(2, 4, -1)  # one image, so a shared key gives one view
+    assert all(np.array_equal(row, grouped[g, 0]) for g in range(2) for row in grouped[g])
+    assert not np.array_equal(grouped[0, 0], grouped[1, 0])
+    np.testing.assert_array_equal(views[4][0], views[1][0])  # group 0's key is example 0's
+    assert len({np.asarray(v).tobytes() for v in views[1]}) == 8
 
 
 def test_variance_and_margin_terms_vanish_exactly_where_they_should():

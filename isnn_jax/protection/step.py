@@ -58,6 +58,7 @@ class Protection:
     protect: bool = True
     wrong_views: int = 1
     illegal_every: int = 1  # illegal views of every n-th example only (by global index)
+    wrong_key_group: int = 1  # consecutive examples (by global index) sharing one wrong key
     weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
     )
@@ -68,6 +69,7 @@ class Protection:
 
     def __hash__(self) -> int:
         return hash((self.spec, self.protect, self.wrong_views, self.illegal_every,
+                     self.wrong_key_group,
                      tuple(sorted(self.weights.items())),
                      self.illegal_form, self.temperature, self.hardening, self.simulated))
 
@@ -122,6 +124,8 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
     estimate hardening average over every device's shard. With `illegal_every` n > 1 the clean,
     wrong-key and near views are made of every n-th example only (global index 0 mod n: the
     same examples and keys for any device count, as each shard's size divides by n).
+    With `wrong_key_group` g > 1, examples g*j .. g*j + g - 1 share one wrong key per view, so
+    the loss sees each wrong key on several images, as an attacker's guess is used.
     """
     spec = protection.spec
     batch = images.shape[0]
@@ -133,8 +137,10 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
         views["clean"] = some
     if protection.wrong_views > 0:
         stream = jax.random.fold_in(step_rng, randomness.WRONG_KEYS)
+        group = protection.wrong_key_group
         wrong_keys = jnp.concatenate([
-            example_keys(stream, view * global_batch + first_example, batch)[::every]
+            jax.vmap(lambda index: jax.random.fold_in(stream, index // group))(
+                view * global_batch + first_example + jnp.arange(batch))[::every]
             for view in range(protection.wrong_views)])
         tiled = jnp.tile(some, (protection.wrong_views, 1, 1, 1))
         views["wrong"] = apply_per_example(spec, wrong_keys, tiled)

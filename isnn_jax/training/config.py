@@ -85,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Illegal views (clean, wrong keys, near keys) of every n-th example only: 1 = all; n > 1
     # cuts the network images per example from 5 to 1 + 4/n (docs/decisions.md has the table).
     config.objective.illegal_every = 1
+    config.objective.wrong_key_group = 1  # consecutive examples sharing one wrong key (1: none)
     config.objective.near_keys = 64  # near keys (copyright edits, secret bit flips) trained on
 
     # Hardening (isnn_jax/hardening.py, docs/security.md): attack outputs trained as illegal.

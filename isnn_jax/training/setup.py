@@ -73,8 +73,12 @@ def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Pro
                                      first_order=bool(sim.first_order))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if int(obj.wrong_key_group) < 1:
+        raise ConfigError(f"objective.wrong_key_group={obj.wrong_key_group} must be at least 1 "
+                          "(1: every example its own wrong keys)")
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
                       illegal_every=int(obj.illegal_every),
+                      wrong_key_group=int(obj.wrong_key_group),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
                                "near": float(obj.w_near), "unlock": float(hard.w_unlock),
                                "estimate": float(hard.w_estimate), "thief": float(sim.w_thief)},
