@@ -59,63 +59,14 @@ def _im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: A
         pads = ((_same_pads(kh), _same_pads(kw)) if padding == "SAME"
                 else ((0, 0), (0, 0)))
     else:
-        pads = tuple(tuple(int(v) for v in p) for p in padding)
-    if preferred_element_type is None and all(0 <= lo < k and 0 <= hi < k for (lo, hi), k
-                                              in zip(pads, (kh, kw))):
-        return _patch_conv(lhs, rhs, pads, precision)
-    return _patch_matmul(_patches(lhs, pads, kh, kw), rhs, n, precision, preferred_element_type)
-
-
-def _patches(images: jax.Array, pads: Any, kh: int, kw: int) -> jax.Array:
-    """The kh*kw shifted copies of the padded NHWC `images`, side by side on the last axis."""
-    padded = jax.numpy.pad(images, ((0, 0), pads[0], pads[1], (0, 0)))
+        pads = tuple(tuple(p) for p in padding)
+    padded = jax.numpy.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
     out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-    return jax.numpy.concatenate(
+    patches = jax.numpy.concatenate(
         [padded[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
-
-
-def _patch_matmul(patches: jax.Array, rhs: jax.Array, n: int, precision: Any = None,
-                  preferred_element_type: Any = None) -> jax.Array:
-    """[N*H*W, kh*kw*Cin] x [kh*kw*Cin, Cout], back to NHWC."""
-    kh, kw, cin, cout = rhs.shape
-    _, out_h, out_w, _ = patches.shape
     out = jax.numpy.dot(patches.reshape(-1, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
                         precision=precision, preferred_element_type=preferred_element_type)
     return out.reshape(n, out_h, out_w, cout)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _patch_conv(lhs: jax.Array, rhs: jax.Array, pads: Any, precision: Any) -> jax.Array:
-    """The im2col convolution with its own gradient (below)."""
-    return _patch_matmul(_patches(lhs, pads, rhs.shape[0], rhs.shape[1]), rhs, lhs.shape[0],
-                         precision)
-
-
-def _patch_conv_forward(lhs: jax.Array, rhs: jax.Array, pads: Any,
-                        precision: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    patches = _patches(lhs, pads, rhs.shape[0], rhs.shape[1])
-    return _patch_matmul(patches, rhs, lhs.shape[0], precision), (patches, rhs)
-
-
-def _patch_conv_backward(pads: Any, precision: Any, saved: tuple[jax.Array, jax.Array],
-                         grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Both gradients as one matmul each: the kernel's contracts the saved patches with the
-    output gradient over N*H*W; the input's is the output gradient's own patches (padded by
-    k - 1 - pad) against the kernel turned by 180 degrees with its channels swapped, instead of
-    the nine shifted adds that differentiating the patch copies gives."""
-    patches, rhs = saved
-    kh, kw, cin, cout = rhs.shape
-    n = grad.shape[0]
-    flat = grad.reshape(-1, cout)
-    rhs_grad = jax.numpy.dot(patches.reshape(-1, kh * kw * cin).T, flat,
-                             precision=precision).reshape(rhs.shape).astype(rhs.dtype)
-    turned = rhs[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, Cout, Cin)
-    back = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
-    lhs_grad = _patch_matmul(_patches(grad, back, kh, kw), turned, n, precision)
-    return lhs_grad.astype(patches.dtype), rhs_grad
-
-
-_patch_conv.defvjp(_patch_conv_forward, _patch_conv_backward)
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
