@@ -67,9 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.licence = ml_collections.ConfigDict()
     config.licence.copyright = "(c) Example Seller; licensed to Example Buyer; licence #1"
-    # additive | shuffle | shuffle_additive | mix (transforms.py). The base shuffles the whole 8x8
-    # image (one block) and adds the pattern: on 64 pixels an additive pattern alone leaves random
-    # licences close enough to unlock the model (docs/results.md); the embedded default mixes.
+    # additive | shuffle | shuffle_additive | mix | mix_sphere (transforms.py). The base
+    # shuffles the whole 8x8 image (one block) and adds the pattern: on 64 pixels an additive
+    # pattern alone leaves random licences close enough to unlock the model (docs/results.md);
+    # the embedded default mixes.
     config.licence.kind = "shuffle_additive"
     config.licence.epsilon = 0.03
     config.licence.block_size = 8  # shuffle blocks are block_size x block_size; must divide the image
