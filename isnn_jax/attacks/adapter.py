@@ -80,7 +80,7 @@ def finish_of(spec: Any) -> str:
 
 
 def adapter_geometry(spec: Any, image_shape: tuple[int, int, int], block_size: int,
-                     kinds: tuple[str, ...]) -> tuple[int, bool, tuple[str, ...]]:
+                     kinds: tuple[str, ...]) -> tuple[int, str, tuple[str, ...]]:
     """(block size, finish, kinds) against `spec`: the whole image, unclipped (on the sphere
     for `mix_sphere`), for the mixing."""
     height, width, _ = image_shape

@@ -122,8 +122,8 @@ SPHERE_FLOOR = 1e-6  # an image equal to 1/2 everywhere has no direction; it map
 
 
 def to_sphere(values: jax.Array) -> jax.Array:
-    """Each image's values scaled to the norm `sqrt(D) / 2` (the mean square of 1/4 that a
-    random image in [0, 1] has about 1/2)."""
+    """Each image's D values scaled to the norm `sqrt(D) / 2`: a mean square of 1/4, the scale
+    of values in [0, 1] measured from 1/2."""
     flat = values.reshape(values.shape[0], -1)
     norms = jnp.linalg.norm(flat, axis=1, keepdims=True)
     scaled = flat * (0.5 * jnp.sqrt(jnp.float32(flat.shape[1])) / jnp.maximum(norms, SPHERE_FLOOR))

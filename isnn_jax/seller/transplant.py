@@ -17,7 +17,6 @@ O(width * D log D) for the mixing and no D x D matrix is ever built.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from typing import Any
 
