@@ -24,7 +24,7 @@ from isnn_jax.attacks.adapter import MIXING_KINDS, adapted_accuracy, finish_of, 
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
-from isnn_jax.protection.transforms import SPHERE_FLOOR, apply_transform, mixing_matrix
+from isnn_jax.protection.transforms import apply_transform, mixing_matrix, to_sphere
 
 
 def estimate_pattern(legal_inputs: np.ndarray, clean_mean: np.ndarray, epsilon: float) -> np.ndarray:
@@ -38,10 +38,10 @@ def estimate_mixing(legal: np.ndarray, clean: np.ndarray,
     sign rule: `U_legal diag(s) U_clean^T` with the eigenvectors sorted by eigenvalue. With
     `sphere` (the `mix_sphere` family) the clean images are scaled to its norm first, so that
     both sets differ by `Q` alone."""
-    legal, clean = legal.astype(np.float64), clean.astype(np.float64) - 0.5
+    centred = clean.astype(np.float32) - 0.5
     if sphere:
-        clean = clean * (0.5 * np.sqrt(clean.shape[1]) /
-                         np.maximum(np.linalg.norm(clean, axis=1, keepdims=True), SPHERE_FLOOR))
+        centred = np.asarray(to_sphere(jnp.asarray(centred)))
+    legal, clean = legal.astype(np.float64), centred.astype(np.float64)
     mean_y, mean_x = legal.mean(axis=0), clean.mean(axis=0)
     bases = []
     for values, mean in ((legal, mean_y), (clean, mean_x)):

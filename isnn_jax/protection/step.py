@@ -103,13 +103,16 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
 
-def example_keys(stream: jax.Array, first: jax.Array | int, count: int) -> jax.Array:
-    """One key per global example index `first .. first + count - 1` of `stream`.
+def example_keys(stream: jax.Array, first: jax.Array | int, count: int, every: int = 1,
+                 group: int = 1) -> jax.Array:
+    """One key per global example index `first, first + every, ...` (`count` of them) of
+    `stream`; with `group` g, indices g*j .. g*j + g - 1 share the key of j.
 
     Keys depend on an example's global index only, so splitting the batch over devices
     (sharded jit or pmap, any device count) draws exactly the same keys for every example.
     """
-    return jax.vmap(lambda index: jax.random.fold_in(stream, index))(first + jnp.arange(count))
+    indices = first + every * jnp.arange(count)
+    return jax.vmap(lambda index: jax.random.fold_in(stream, index // group))(indices)
 
 
 def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: jax.Array,
@@ -137,17 +140,16 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
         views["clean"] = some
     if protection.wrong_views > 0:
         stream = jax.random.fold_in(step_rng, randomness.WRONG_KEYS)
-        group = protection.wrong_key_group
         wrong_keys = jnp.concatenate([
-            jax.vmap(lambda index: jax.random.fold_in(stream, index // group))(
-                view * global_batch + first_example + jnp.arange(batch))[::every]
+            example_keys(stream, view * global_batch + first_example, some.shape[0], every,
+                         protection.wrong_key_group)
             for view in range(protection.wrong_views)])
         tiled = jnp.tile(some, (protection.wrong_views, 1, 1, 1))
         views["wrong"] = apply_per_example(spec, wrong_keys, tiled)
     near = keys.get("near")
     if near is not None and near.shape[0] > 0 and protection.weights.get("near", 0.0) > 0:
         draw = example_keys(jax.random.fold_in(step_rng, randomness.NEAR_KEYS), first_example,
-                            batch)[::every]
+                            some.shape[0], every)
         choice = jax.vmap(lambda k: jax.random.randint(k, (), 0, near.shape[0]))(draw)
         views["near"] = apply_per_example(spec, near[choice], some)
     hardening = protection.hardening
