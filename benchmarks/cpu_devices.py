@@ -12,6 +12,7 @@ repeat so a load change hits both; the table gives median seconds per step and t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -36,24 +37,22 @@ def child(model: str, batch: int, steps: int) -> None:
     from isnn_jax.training.parallel import batch_sharding, make_mesh, replicated
     from throughput import build_jax_case
 
-    case = build_jax_case(model, batch)
     mesh = make_mesh()
-    state = jax.device_put(case.state, replicated(mesh))
-    images = jax.device_put(case.batch, batch_sharding(mesh))
-    keys = jax.device_put(case.keys, replicated(mesh))
-    rng = jax.device_put(case.rng, replicated(mesh))
-    for _ in range(2):
-        state, _ = case.step(state, images, rng, keys)
-    jax.block_until_ready(state)
+    case = build_jax_case(model, batch)
+    case = dataclasses.replace(
+        case, state=jax.device_put(case.state, replicated(mesh)),
+        batch=jax.device_put(case.batch, batch_sharding(mesh)),
+        keys=jax.device_put(case.keys, replicated(mesh)),
+        rng=jax.device_put(case.rng, replicated(mesh)))
+    state = case.run(case.state, 2)  # compile and warm up
     start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = case.step(state, images, rng, keys)
-    jax.block_until_ready((state, metrics))
+    case.run(state, steps)
     print(json.dumps({"devices": jax.device_count(),
                       "seconds_per_step": (time.perf_counter() - start) / steps}))
 
 
 def run_child(model: str, batch: int, steps: int, devices: int) -> float:
+    """Seconds per step of `model` on `devices` CPU devices, measured in a fresh process."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, __file__, "--child", model, "--batch", str(batch),
