@@ -25,14 +25,14 @@ BATCH = 32
 
 
 # The hardened step builds every view the default one does (legal, clean, wrong, near) plus the
-# unlock and estimate views, so one protection covers both; each extra one costs three
+# partial-key, unlock and estimate views, so one protection covers both; each extra one costs three
 # compilations on 8 fake devices (about 50 s of the test suite). Its illegal views are of every
 # second example (illegal_every=2), which must pick the same examples on any device count.
 PROTECTIONS = {
     "hardened": Protection(spec=TransformSpec(), wrong_views=2, illegal_every=2,
                            illegal_form="uniform_constant",
                            weights={"clean": 1.0, "wrong": 1.0, "near": 1.0, "unlock": 1.0,
-                                    "estimate": 1.0},
+                                    "estimate": 1.0, "partial": 1.0},
                            hardening=Hardening(unlock=2, estimate_observed=(4, 12))),
 }
 

@@ -245,6 +245,29 @@ def test_partial_knowledge_at_cosine_one_is_the_licence(setting, reference):
     assert zero["accuracy"] < legal - 0.2
 
 
+def test_partial_knowledge_of_a_mixing_runs_from_a_random_key_to_the_licence(setting):
+    """For the mixing, cosine c is `c * legal + sqrt(1 - c^2) * other key`: c = 1 is the legal
+    input, c = 0 a random key's input, and the measured cosine follows c."""
+    mixed = dataclasses.replace(setting, licence=dataclasses.replace(
+        setting.licence, transform=TransformSpec(kind="mix")))
+    result = partial_knowledge.run(mixed, budget("partial_knowledge", cosines=(0.0, 0.6, 1.0),
+                                                 draws=1), 0, deadline())
+    zero, middle, one = result["rows"]
+    images, labels = eval_subset(mixed, 0)
+    spec = mixed.spec
+    legal = apply_transform(spec, mixed.licence.key(), jnp.asarray(images))
+    direct = float((mixed.protected.module.apply({"params": mixed.protected.params}, legal)
+                    .argmax(-1) == labels).mean())
+    assert one["accuracy"] == pytest.approx(direct, abs=1e-6)
+    assert one["measured_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert middle["measured_cosine"] == pytest.approx(0.6, abs=0.05)
+    assert abs(zero["measured_cosine"]) < 0.1
+    other = apply_transform(spec, jax.random.split(jax.random.key(mixed.seed + 31), 1)[0],
+                            jnp.asarray(images))
+    assert zero["accuracy"] == pytest.approx(float((mixed.protected.module.apply(
+        {"params": mixed.protected.params}, other).argmax(-1) == labels).mean()), abs=1e-6)
+
+
 @pytest.mark.slow
 def test_distillation_student_learns_only_through_the_licence(setting):
     queries = distillation.make_queries(setting.train_images[:100], 250, seed=0)

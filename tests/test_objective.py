@@ -143,3 +143,48 @@ def test_a_constant_output_is_right_for_one_class_only():
     labels = np.arange(40) % 4 % 3
     params = Zero().init(jax.random.key(0), images)["params"]
     assert plain_accuracy(Zero(), params, images, labels) == float((labels == 0).mean())
+
+
+@pytest.mark.parametrize("kind", ["mix", "additive"])
+def test_partial_key_views_carry_a_bounded_fraction_of_the_legal_input(licence, kind):
+    """Each partial view is `a * legal + b * other` with the other part the image under a fresh
+    random key and `a` in [0, partial_max]: found back by least squares per image."""
+    from isnn_jax.protection.step import example_keys, make_views
+    from isnn_jax.protection.transforms import apply_per_example, blend
+
+    spec = TransformSpec(kind=kind)
+    images = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1))
+    protection = Protection(spec=spec, wrong_views=1, partial_max=0.4,
+                            weights={"wrong": 1.0, "partial": 1.0})
+    views = jax.jit(make_views, static_argnums=0)(protection, {"licence": licence.key()}, images,
+                                                  jax.random.key(3))
+    assert views["partial"].shape == images.shape
+    others = apply_per_example(spec, example_keys(jax.random.fold_in(jax.random.key(3), 6), 0, 8),
+                               images)
+    flat = lambda v: np.asarray(v).reshape(8, -1)
+    legal, other, partial = flat(views["legal"]), flat(others), flat(views["partial"])
+    amounts = []
+    for i in range(8):
+        (a, b), *_ = np.linalg.lstsq(np.stack([legal[i], other[i]], 1), partial[i], rcond=None)
+        np.testing.assert_allclose(np.stack([legal[i], other[i]], 1) @ [a, b], partial[i],
+                                   atol=1e-5)
+        assert 0.0 <= a <= 0.4 + 1e-5
+        assert b == pytest.approx(np.sqrt(1 - a * a) if kind == "mix" else 1 - a, abs=1e-4)
+        amounts.append(a)
+    assert len(set(np.round(amounts, 4))) == 8  # a fresh fraction per image
+    np.testing.assert_array_equal(blend(spec, views["legal"], others, jnp.ones(8)),
+                                  views["legal"])  # the whole fraction is the legal input
+    # the other key is not one of the wrong-key view's keys
+    assert not np.allclose(flat(views["wrong"]), other)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.2])
+def test_a_partial_fraction_outside_0_1_names_the_field(value):
+    from isnn_jax.training.config import ConfigError, get_config
+    from isnn_jax.training.setup import protection_of, transform_spec
+
+    config = get_config()
+    config.objective.partial_max = value
+    with pytest.raises(ConfigError, match=rf"objective.partial_max={value} must lie strictly "
+                                          r"between 0 and 1"):
+        protection_of(config, transform_spec(config))

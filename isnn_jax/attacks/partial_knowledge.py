@@ -1,19 +1,25 @@
-"""Partial knowledge: accuracy when the attacker's pattern has cosine similarity c with the truth.
+"""Partial knowledge: accuracy when the attacker's key is right to a degree c (cosine with the truth).
 
-The attacker's pattern is the true Rademacher pattern with a random fraction (1 - c) / 2 of its
-signs flipped, so its cosine with the true pattern is c (c = 1: the licence itself; c = 0: a
-random pattern). This maps how close a guess or an estimate must come before the model opens.
+Additive pattern: the true Rademacher pattern with a random fraction (1 - c) / 2 of its signs
+flipped, so its cosine with the true pattern is c (c = 1: the licence itself; c = 0: a random
+pattern). Whole-image mixing: the legal input times c plus a random key's input times
+sqrt(1 - c^2) (`transforms.blend`), so the input's cosine with the legal one is about c: what a
+guessed or estimated key that is partly right gives. This maps how close a guess or an estimate
+must come before the model opens (and where partial-key training puts that gate).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from isnn_jax.attacks.measure import pattern_accuracies
+from isnn_jax.attacks.measure import accuracy, pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
+from isnn_jax.protection.transforms import apply_transform, blend
 
 
 def flip_signs(pattern: np.ndarray, target_cosine: float, rng: np.random.Generator) -> np.ndarray:
@@ -27,8 +33,11 @@ def flip_signs(pattern: np.ndarray, target_cosine: float, rng: np.random.Generat
 
 def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> dict[str, Any]:
     """Mean accuracy over `draws` sign-flip sets at each cosine."""
+    if setting.spec.kind.startswith("mix"):
+        return mixed_rows(setting, budget, eval_images, deadline)
     if setting.spec.kind != "additive":
-        return {"skipped": f"transform kind {setting.spec.kind!r} is not a pure additive pattern"}
+        return {"skipped": f"transform kind {setting.spec.kind!r} is neither a pure additive "
+                           "pattern nor a mixing"}
     images, labels = eval_subset(setting, eval_images)
     true = np.asarray(setting.true_pattern())
     rng = np.random.default_rng(setting.seed + 31)
@@ -46,3 +55,31 @@ def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> 
                      "accuracy_max": float(accuracies.max())})
     return {"rows": rows, "stopped_early": len(rows) < len(budget.cosines),
             "draws": int(budget.draws), "eval_images": int(images.shape[0])}
+
+
+def mixed_rows(setting: Setting, budget: Any, eval_images: int,
+               deadline: Deadline) -> dict[str, Any]:
+    """Mean accuracy over `draws` random other keys (one per draw, used on every image, as a
+    guessed key is) of `c * legal + sqrt(1 - c^2) * other` at each cosine c."""
+    images, labels = eval_subset(setting, eval_images)
+    spec, target = setting.spec, setting.protected
+    legal = np.asarray(apply_transform(spec, setting.licence.key(), jnp.asarray(images)))
+    keys = jax.random.split(jax.random.key(setting.seed + 31), int(budget.draws))
+    others = [np.asarray(apply_transform(spec, key, jnp.asarray(images))) for key in keys]
+    flat = legal.reshape(legal.shape[0], -1)
+    rows = []
+    for target_cosine in budget.cosines:
+        if rows and deadline.expired():
+            break
+        amounts = jnp.full(images.shape[0], float(target_cosine))
+        inputs = [np.asarray(blend(spec, legal, other, amounts)) for other in others]
+        accuracies = np.array([accuracy(target, target.params, x, labels) for x in inputs])
+        measured = np.mean([np.mean(np.sum(x.reshape(flat.shape) * flat, 1) / np.maximum(
+            np.linalg.norm(x.reshape(flat.shape), axis=1) * np.linalg.norm(flat, axis=1), 1e-12))
+            for x in inputs])
+        rows.append({"cosine": float(target_cosine), "measured_cosine": float(measured),
+                     "accuracy": float(accuracies.mean()), "accuracy_min": float(accuracies.min()),
+                     "accuracy_max": float(accuracies.max())})
+    return {"rows": rows, "stopped_early": len(rows) < len(budget.cosines),
+            "draws": int(budget.draws), "eval_images": int(images.shape[0]),
+            "form": "c * legal + sqrt(1 - c^2) * (the images under a random key)"}

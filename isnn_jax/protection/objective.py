@@ -1,6 +1,7 @@
 """The combined ISNN objective: right on legal inputs, far from the truth on illegal ones.
 
 loss = CE(legal) + w_clean * I(clean) + w_wrong * I(random keys) + w_near * I(near keys)
+       + w_partial * I(partial keys: a fraction of the legal signal, the rest another key's)
 
 `I` is an illegal-input loss, one of five forms (ILLEGAL_FORMS; compared in docs/decisions.md):
 * "uniform": KL(uniform || p), pushes the output distribution to uniform (no class is favoured,
@@ -94,7 +95,7 @@ ILLEGAL_LOSSES: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-SUBSET_VIEWS = ("clean", "wrong", "near")  # the views `illegal_every` thins
+SUBSET_VIEWS = ("clean", "wrong", "near", "partial")  # the views `illegal_every` thins
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -113,14 +114,14 @@ def combined_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The combined loss over the views' logits and the metrics of every view.
 
-    `views` maps "legal" and any of "clean", "wrong", "near" to logits whose leading dimension is
+    `views` maps "legal" and any of "clean", "wrong", "near", "partial" to logits whose leading dimension is
     a multiple of the batch (several wrong-key views per image are stacked along it).
     `weights` gives the weight of each illegal view; a view with weight 0 is only measured.
     `temperature` multiplies illegal logits before the illegal loss: with a large value, small
     logits that still rank the true class first are penalised (shrinking the logits alone no
     longer satisfies the loss, so the argmax must stop carrying the label).
     `axis_name` (pmap only) makes batch statistics span every device's shard.
-    `illegal_every` n: the clean, wrong-key and near views hold every n-th example only
+    `illegal_every` n: the clean, wrong-key, near and partial views hold every n-th example only
     (`labels[::n]`); the other views (hardening) hold every example.
     """
     if illegal_form not in ILLEGAL_LOSSES:

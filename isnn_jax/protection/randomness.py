@@ -16,6 +16,7 @@ NEAR_KEYS = 2  # which trained near key each example gets
 ESTIMATE_EXAMPLES = 3  # example keys of the eavesdropper estimate (hardening)
 ESTIMATE_SIZE = 4  # how many observed inputs the estimate averages this step
 DROPOUT = 5  # a stateful model's dropout in its training-mode pass (per device under pmap)
+PARTIAL_KEYS = 6  # the other key and the legal fraction of each example's partial-key view
 
 # Streams of one example's key (under ESTIMATE_EXAMPLES): its uniform draw into the sets A, B.
 ESTIMATE_MEMBERSHIP = 3

@@ -31,7 +31,7 @@ from isnn_jax.protection.hardening import (Hardening, estimated_pattern, init_un
                                           unlock_update)
 from isnn_jax.protection.licence import TransformSpec
 from isnn_jax.protection.simulated import SimulatedThieves, thieves_penalty
-from isnn_jax.protection.transforms import apply_per_example, apply_transform
+from isnn_jax.protection.transforms import apply_per_example, apply_transform, blend
 
 Batch = Mapping[str, jax.Array]
 StepFn = Callable[[Any, Batch, jax.Array, Mapping[str, jax.Array]], tuple[Any, dict]]
@@ -59,6 +59,7 @@ class Protection:
     wrong_views: int = 1
     illegal_every: int = 1  # illegal views of every n-th example only (by global index)
     wrong_key_group: int = 1  # consecutive examples (by global index) sharing one wrong key
+    partial_max: float = 0.5  # partial-key views carry a legal fraction drawn in [0, partial_max]
     weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"clean": 1.0, "wrong": 1.0, "near": 1.0}
     )
@@ -69,7 +70,7 @@ class Protection:
 
     def __hash__(self) -> int:
         return hash((self.spec, self.protect, self.wrong_views, self.illegal_every,
-                     self.wrong_key_group,
+                     self.wrong_key_group, self.partial_max,
                      tuple(sorted(self.weights.items())),
                      self.illegal_form, self.temperature, self.hardening, self.simulated))
 
@@ -152,6 +153,9 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
                             some.shape[0], every)
         choice = jax.vmap(lambda k: jax.random.randint(k, (), 0, near.shape[0]))(draw)
         views["near"] = apply_per_example(spec, near[choice], some)
+    if protection.weights.get("partial", 0.0) > 0:
+        views["partial"] = partial_view(protection, views["legal"][::every], some, step_rng,
+                                        first_example)
     hardening = protection.hardening
     if hardening.estimate:
         estimate_keys = example_keys(jax.random.fold_in(step_rng, randomness.ESTIMATE_EXAMPLES),
@@ -162,6 +166,21 @@ def make_views(protection: Protection, keys: Mapping[str, jax.Array], images: ja
     if unlock is not None:
         views["unlock"] = perturbed(images, unlock)
     return views
+
+
+def partial_view(protection: Protection, legal: jax.Array, images: jax.Array,
+                 step_rng: jax.Array, first_example: jax.Array | int = 0) -> jax.Array:
+    """`images` carrying a legal fraction `a ~ U[0, partial_max]` of their legal views `legal`,
+    the rest from a fresh random key each: what a partly right key (a lucky guess, an
+    estimate) gives. Trained as illegal, they make the model answer only to (nearly) the whole
+    legal signal rather than to any trace of it."""
+    every = protection.illegal_every
+    example = example_keys(jax.random.fold_in(step_rng, randomness.PARTIAL_KEYS),
+                           first_example, images.shape[0], every)
+    amounts = protection.partial_max * jax.vmap(
+        lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(example)
+    spec = protection.spec
+    return blend(spec, legal, apply_per_example(spec, example, images), amounts)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,

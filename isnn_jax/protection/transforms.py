@@ -166,6 +166,20 @@ def apply_transform(spec: TransformSpec, key: jax.Array, images: jax.Array) -> j
     return images
 
 
+def blend(spec: TransformSpec, legal: jax.Array, other: jax.Array,
+          amounts: jax.Array) -> jax.Array:
+    """Inputs carrying only a fraction `amounts` (one per image, in [0, 1]) of the legal signal,
+    the rest from `other` (the same images under other keys): what a partly right key makes.
+
+    For the mixing (centred, orthogonal outputs) the parts are weighted `a` and `sqrt(1 - a^2)`,
+    which keeps the norm (the two parts are nearly orthogonal); for the other kinds, whose
+    outputs are images in [0, 1], `a` and `1 - a` (a convex combination stays an image).
+    """
+    a = amounts.reshape(-1, *([1] * (legal.ndim - 1))).astype(jnp.float32)
+    rest = jnp.sqrt(1.0 - a * a) if spec.kind.startswith("mix") else 1.0 - a
+    return a * legal + rest * other
+
+
 def apply_per_example(spec: TransformSpec, keys: jax.Array, images: jax.Array) -> jax.Array:
     """Each image under its own key (`keys` has one key per image): the wrong-key views."""
     check_images(images, spec)

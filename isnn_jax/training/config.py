@@ -87,6 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
     # cuts the network images per example from 5 to 1 + 4/n (docs/decisions.md has the table).
     config.objective.illegal_every = 1
     config.objective.wrong_key_group = 1  # consecutive examples sharing one wrong key (1: none)
+    # Partial-key views (protection/step.py): a fraction a ~ U[0, partial_max] of the legal
+    # input, the rest another key's, trained as illegal (0: off; docs/security.md).
+    config.objective.w_partial = 0.0
+    config.objective.partial_max = 0.5
     config.objective.near_keys = 64  # near keys (copyright edits, secret bit flips) trained on
 
     # Hardening (isnn_jax/hardening.py, docs/security.md): attack outputs trained as illegal.

@@ -76,11 +76,16 @@ def protection_of(config: ml_collections.ConfigDict, spec: TransformSpec) -> Pro
     if int(obj.wrong_key_group) < 1:
         raise ConfigError(f"objective.wrong_key_group={obj.wrong_key_group} must be at least 1 "
                           "(1: every example its own wrong keys)")
+    if not 0.0 < float(obj.partial_max) < 1.0:
+        raise ConfigError(f"objective.partial_max={obj.partial_max} must lie strictly between 0 "
+                          "and 1 (the largest legal fraction a partial-key view carries)")
     return Protection(spec=spec, protect=bool(config.protect), wrong_views=int(obj.wrong_views),
                       illegal_every=int(obj.illegal_every),
                       wrong_key_group=int(obj.wrong_key_group),
+                      partial_max=float(obj.partial_max),
                       weights={"clean": float(obj.w_clean), "wrong": float(obj.w_wrong),
-                               "near": float(obj.w_near), "unlock": float(hard.w_unlock),
+                               "near": float(obj.w_near), "partial": float(obj.w_partial),
+                               "unlock": float(hard.w_unlock),
                                "estimate": float(hard.w_estimate), "thief": float(sim.w_thief)},
                       illegal_form=obj.illegal_form, temperature=float(obj.temperature),
                       hardening=hardening, simulated=simulated)
