@@ -5,7 +5,9 @@ For each fraction of the clean labelled training split and each of `seeds` draws
 thief holds out a validation share of its own images and, from every start point (the stolen
 weights with all layers or only the head trainable; the head re-initialised, then all layers
 or only the head; the first layer and every input-shaped parameter re-initialised, then all
-layers; and all layers re-initialised, which is training from scratch), trains with every
+layers; the stolen weights with every hidden unit re-centred on the thief's images, then all
+layers (`attacks.revive`: against a layer switched off on clean inputs); and all layers
+re-initialised, which is training from scratch), trains with every
 (optimiser, learning rate) of the sweep, keeping the weights with the best validation accuracy.
 Each start point's choice is then measured once on the test split. The thief's advantage is
 the best start point's test accuracy minus the from-scratch reference's (both chosen on
@@ -25,12 +27,13 @@ import numpy as np
 from isnn_jax.attacks.fit import fit_selected, head_path, layer_mask, one_hot
 from isnn_jax.attacks.measure import accuracy, key_accuracies_of
 from isnn_jax.attacks.parameters import input_sized, reads_input
+from isnn_jax.attacks.revive import revived
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params, thief_data
 
 log = logging.getLogger("isnn_jax.attacks")
 
 MODES = ("all_layers", "last_layer", "last_layer_reinit", "last_layer_reinit_only",
-         "first_layer_reinit")
+         "first_layer_reinit", "revived")
 CONVERGED_GAIN = 0.01  # the reference has converged when its last quarter gains at most this
 
 
@@ -58,8 +61,10 @@ def _reinitialised(params: Any, fresh: Any, prefixes: set[tuple]) -> Any:
     return jax.tree_util.tree_map_with_path(pick, params, fresh)
 
 
-def start_point(setting: Setting, mode: str, seed: int) -> tuple[Any, Any]:
-    """Initial weights and trainable mask of one start point (a mode of MODES, or 'scratch')."""
+def start_point(setting: Setting, mode: str, seed: int,
+                images: np.ndarray | None = None) -> tuple[Any, Any]:
+    """Initial weights and trainable mask of one start point (a mode of MODES, or 'scratch');
+    `images`: the thief's training images, which 'revived' re-centres the hidden units on."""
     target = setting.protected
     head = head_path(target.params, target.num_classes)
     if mode == "scratch":
@@ -75,6 +80,11 @@ def start_point(setting: Setting, mode: str, seed: int) -> tuple[Any, Any]:
     if mode == "first_layer_reinit":
         prefixes = _input_layers(target.params, target.image_shape)
         params = _reinitialised(target.params, fresh_params(target, seed), prefixes)
+        return params, layer_mask(params, None)
+    if mode == "revived":
+        if images is None:
+            raise ValueError("the 'revived' start point needs the thief's training images")
+        params = revived(target.module, target.params, images, head)
         return params, layer_mask(params, None)
     raise ValueError(f"unknown fine-tuning mode {mode!r}; choose from {', '.join(MODES)}, scratch")
 
@@ -104,7 +114,7 @@ def _start_point_runs(setting: Setting, mode: str, data: tuple, budget: Any, see
     for optimiser, rate in sweep_of(budget):
         if runs and deadline.expired():
             break
-        params, mask = start_point(setting, mode, seed)
+        params, mask = start_point(setting, mode, seed, train_x)
         chosen, record = fit_selected(
             target.module, params, train_x, targets,
             lambda p: accuracy(target, p, val_x, val_y), steps=int(budget.steps),
