@@ -149,6 +149,7 @@ def test_a_constant_output_is_right_for_one_class_only():
 def test_partial_key_views_carry_a_bounded_fraction_of_the_legal_input(licence, kind):
     """Each partial view is `a * legal + b * other` with the other part the image under a fresh
     random key and `a` in [0, partial_max]: found back by least squares per image."""
+    from isnn_jax.protection import randomness
     from isnn_jax.protection.step import example_keys, make_views
     from isnn_jax.protection.transforms import apply_per_example, blend
 
@@ -159,8 +160,8 @@ def test_partial_key_views_carry_a_bounded_fraction_of_the_legal_input(licence, 
     views = jax.jit(make_views, static_argnums=0)(protection, {"licence": licence.key()}, images,
                                                   jax.random.key(3))
     assert views["partial"].shape == images.shape
-    others = apply_per_example(spec, example_keys(jax.random.fold_in(jax.random.key(3), 6), 0, 8),
-                               images)
+    stream = jax.random.fold_in(jax.random.key(3), randomness.PARTIAL_KEYS)
+    others = apply_per_example(spec, example_keys(stream, 0, 8), images)
     flat = lambda v: np.asarray(v).reshape(8, -1)
     legal, other, partial = flat(views["legal"]), flat(others), flat(views["partial"])
     amounts = []

@@ -66,7 +66,6 @@ def mixed_rows(setting: Setting, budget: Any, eval_images: int,
     legal = np.asarray(apply_transform(spec, setting.licence.key(), jnp.asarray(images)))
     keys = jax.random.split(jax.random.key(setting.seed + 31), int(budget.draws))
     others = [np.asarray(apply_transform(spec, key, jnp.asarray(images))) for key in keys]
-    flat = legal.reshape(legal.shape[0], -1)
     rows = []
     for target_cosine in budget.cosines:
         if rows and deadline.expired():
@@ -74,12 +73,17 @@ def mixed_rows(setting: Setting, budget: Any, eval_images: int,
         amounts = jnp.full(images.shape[0], float(target_cosine))
         inputs = [np.asarray(blend(spec, legal, other, amounts)) for other in others]
         accuracies = np.array([accuracy(target, target.params, x, labels) for x in inputs])
-        measured = np.mean([np.mean(np.sum(x.reshape(flat.shape) * flat, 1) / np.maximum(
-            np.linalg.norm(x.reshape(flat.shape), axis=1) * np.linalg.norm(flat, axis=1), 1e-12))
-            for x in inputs])
+        measured = np.mean([_mean_cosine(x, legal) for x in inputs])
         rows.append({"cosine": float(target_cosine), "measured_cosine": float(measured),
                      "accuracy": float(accuracies.mean()), "accuracy_min": float(accuracies.min()),
                      "accuracy_max": float(accuracies.max())})
     return {"rows": rows, "stopped_early": len(rows) < len(budget.cosines),
             "draws": int(budget.draws), "eval_images": int(images.shape[0]),
             "form": "c * legal + sqrt(1 - c^2) * (the images under a random key)"}
+
+
+def _mean_cosine(inputs: np.ndarray, legal: np.ndarray) -> float:
+    """Mean over images of the cosine between each input and its legal input."""
+    a, b = inputs.reshape(inputs.shape[0], -1), legal.reshape(legal.shape[0], -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))

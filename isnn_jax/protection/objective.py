@@ -114,8 +114,8 @@ def combined_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The combined loss over the views' logits and the metrics of every view.
 
-    `views` maps "legal" and any of "clean", "wrong", "near", "partial" to logits whose leading dimension is
-    a multiple of the batch (several wrong-key views per image are stacked along it).
+    `views` maps "legal" and any of "clean", "wrong", "near", "partial" to logits whose leading
+    dimension is a multiple of the batch (several wrong-key views per image are stacked along it).
     `weights` gives the weight of each illegal view; a view with weight 0 is only measured.
     `temperature` multiplies illegal logits before the illegal loss: with a large value, small
     logits that still rank the true class first are penalised (shrinking the logits alone no
