@@ -161,7 +161,8 @@ def test_partial_key_views_carry_a_bounded_fraction_of_the_legal_input(licence, 
                                                   jax.random.key(3))
     assert views["partial"].shape == images.shape
     stream = jax.random.fold_in(jax.random.key(3), randomness.PARTIAL_KEYS)
-    others = apply_per_example(spec, example_keys(stream, 0, 8), images)
+    others = jax.jit(apply_per_example, static_argnums=0)(spec, example_keys(stream, 0, 8),
+                                                          images)
     flat = lambda v: np.asarray(v).reshape(8, -1)
     legal, other, partial = flat(views["legal"]), flat(others), flat(views["partial"])
     amounts = []
