@@ -473,3 +473,13 @@ def test_covariance_alignment_recovers_a_mixing_the_statistics_pin_down():
     assert np.allclose(np.linalg.norm(legal.reshape(len(legal), -1), axis=1), 2.0, atol=1e-4)
     estimates = estimation.estimate_mixing(legal.reshape(len(legal), -1), clean, sphere=True)
     assert np.trace(estimates["mean"].T @ q) / 16 > 0.9
+
+
+@pytest.mark.parametrize("finish,words", [("clip", "clipped to [0, 1]"), ("none", "unclipped"),
+                                          ("sphere", "scaled to the mixing's norm")])
+def test_the_adapter_section_names_what_follows_the_map(finish, words):
+    from isnn_jax.attacks.markdown import _section
+
+    result = {"rows": [], "block_size": 28, "finish": finish, "steps": 10, "seconds": 1.0}
+    text = "\n".join(_section("input_adapter", result))
+    assert f"every 28x28 block plus a free offset, {words}, in front" in text

@@ -122,8 +122,11 @@ def _section(name: str, result: dict[str, Any]) -> list[str]:
         rows = [[f"{r['fraction']:.0%} ({r['train_images']:,}+{r['validation_images']:,})",
                  str(r["seed"]), r["kind"], r["selected"], _pct(r["validation"]),
                  _pct(r["accuracy"])] for r in result["rows"]]
+        finish = {"clip": "clipped to [0, 1]", "none": "unclipped",
+                  "sphere": "scaled to the mixing's norm"}.get(result.get("finish", "clip"),
+                                                               result.get("finish"))
         lines += [f"A linear map of every {result['block_size']}x{result['block_size']} block "
-                  "plus a free offset, clipped to [0, 1], in front of the frozen stolen model; "
+                  f"plus a free offset, {finish}, in front of the frozen stolen model; "
                   f"Adam, up to {result['steps']} steps per learning rate, the best on the "
                   "thief's validation images:", ""]
         lines += _table(["data (train+validation)", "seed", "adapter", "selected",
