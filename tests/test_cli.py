@@ -363,6 +363,7 @@ def test_rerunning_a_finished_workdir_says_so_and_announces_the_evaluation(tmp_p
     assert not any(m.startswith("training protected model") for m in messages)
 
 
+@pytest.mark.slow  # trains and checkpoints through Orbax: the full suite runs it
 def test_an_issued_licence_is_written_only_when_the_run_can_start(tmp_path, capsys, data_dir):
     """A model that cannot be built leaves neither a licence file nor a workdir; a run that
     starts saves the licence before anything else."""

@@ -61,6 +61,7 @@ def test_bad_thieves_are_named():
             parse_thieves([bad])
 
 
+@pytest.mark.slow  # trains and checkpoints through Orbax: the full suite runs it
 def test_the_step_with_thieves_is_pure_and_resumes_bit_exact(tmp_path):
     """Six steps straight equal three steps, an Orbax save and restore, three more steps: the
     thieves add nothing to the state, so the checkpoint holds all a resume needs."""
