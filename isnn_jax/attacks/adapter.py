@@ -29,12 +29,11 @@ import optax
 
 from isnn_jax.attacks.permutation import permutation_matrix
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, thief_data
-from isnn_jax.protection.transforms import from_blocks, to_blocks, to_sphere
+from isnn_jax.protection.transforms import MIXING_KINDS, from_blocks, to_blocks, to_sphere
 
 log = logging.getLogger("isnn_jax.attacks")
 
 KINDS = ("shared", "per_position")
-MIXING_KINDS = ("mix", "mix_sphere")
 
 
 def initial_adapter(kind: str, image_shape: tuple[int, int, int], block_size: int,

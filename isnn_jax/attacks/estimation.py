@@ -20,11 +20,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from isnn_jax.attacks.adapter import MIXING_KINDS, adapted_accuracy, finish_of, linear_adapter
+from isnn_jax.attacks.adapter import adapted_accuracy, finish_of, linear_adapter
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
-from isnn_jax.protection.transforms import apply_transform, mixing_matrix, to_sphere
+from isnn_jax.protection.transforms import MIXING_KINDS, apply_transform, mixing_matrix, to_sphere
 
 
 def estimate_pattern(legal_inputs: np.ndarray, clean_mean: np.ndarray, epsilon: float) -> np.ndarray:

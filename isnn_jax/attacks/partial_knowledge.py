@@ -19,7 +19,7 @@ import numpy as np
 from isnn_jax.attacks.measure import accuracy, pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
-from isnn_jax.protection.transforms import apply_transform, blend
+from isnn_jax.protection.transforms import MIXING_KINDS, apply_transform, blend
 
 
 def flip_signs(pattern: np.ndarray, target_cosine: float, rng: np.random.Generator) -> np.ndarray:
@@ -33,7 +33,7 @@ def flip_signs(pattern: np.ndarray, target_cosine: float, rng: np.random.Generat
 
 def run(setting: Setting, budget: Any, eval_images: int, deadline: Deadline) -> dict[str, Any]:
     """Mean accuracy over `draws` sign-flip sets at each cosine."""
-    if setting.spec.kind.startswith("mix"):
+    if setting.spec.kind in MIXING_KINDS:
         return mixed_rows(setting, budget, eval_images, deadline)
     if setting.spec.kind != "additive":
         return {"skipped": f"transform kind {setting.spec.kind!r} is neither a pure additive "

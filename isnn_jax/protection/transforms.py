@@ -95,6 +95,7 @@ def block_unshuffle(images: jax.Array, permutation: jax.Array, block_size: int) 
     return block_shuffle(images, inverse, block_size)
 
 
+MIXING_KINDS = ("mix", "mix_sphere")  # the whole-image orthogonal mixings (centred outputs)
 MIX_ROUNDS = 2  # one round leaves a public DCT last, which an observer can undo
 
 
@@ -176,7 +177,7 @@ def blend(spec: TransformSpec, legal: jax.Array, other: jax.Array,
     outputs are images in [0, 1], `a` and `1 - a` (a convex combination stays an image).
     """
     a = amounts.reshape(-1, *([1] * (legal.ndim - 1))).astype(jnp.float32)
-    rest = jnp.sqrt(1.0 - a * a) if spec.kind.startswith("mix") else 1.0 - a
+    rest = jnp.sqrt(1.0 - a * a) if spec.kind in MIXING_KINDS else 1.0 - a
     return a * legal + rest * other
 
 
