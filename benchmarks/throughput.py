@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import cifar10_resnet18, fashion_mnist  # noqa: E402
+from isnn_jax.base import compilation  # noqa: E402
 from isnn_jax.data.streams import TrainStreams  # noqa: E402
 from isnn_jax.protection.licence import Licence, random_keys  # noqa: E402
 from isnn_jax.models import build_model  # noqa: E402
@@ -70,6 +71,9 @@ MODELS = {
     "resnet18": ModelSpec(cifar10_resnet18.get_config, (32, 32, 3), "synthetic"),
 }
 LEARNING_RATE = 2e-3
+# The step as it compiled before change 14 of benchmarks/NOTES.md (XLA's default CPU options,
+# im2col convolutions for the small CNN): `--before` runs it beside the current one.
+BEFORE_CONV = {"cnn": "im2col", "resnet18": "xla"}
 
 
 def _config(model: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -138,8 +142,11 @@ class JaxCase:
 
 
 def build_jax_case(model: str, batch: int, plain: bool = False,
-                   model_overrides: dict[str, Any] | None = None) -> JaxCase:
-    """The ISNN step (or, with `plain`, the plain step on as many network images) of `model`."""
+                   model_overrides: dict[str, Any] | None = None,
+                   xla_defaults: bool = False) -> JaxCase:
+    """The ISNN step (or, with `plain`, the plain step on as many network images) of `model`,
+    compiled as the project compiles it (`isnn_jax.base.compilation`) or, with `xla_defaults`,
+    with XLA's own default options."""
     config = _config(model, model_overrides)
     spec = MODELS[model]
     net = build_model(config.model.to_dict(), 10)
@@ -154,8 +161,10 @@ def build_jax_case(model: str, batch: int, plain: bool = False,
         count = batch
     images, labels = _images(count, spec.image_shape, seed=0)
     state = init_state(net, tx, jax.random.key(0), spec.image_shape)
-    step = jax.jit(make_train_step(net, tx, protection), donate_argnums=(0,))
-    return JaxCase("jax_plain" if plain else "jax_isnn", step, state,
+    jit = jax.jit if xla_defaults else compilation.jit
+    step = jit(make_train_step(net, tx, protection), donate_argnums=(0,))
+    name = "jax_plain" if plain else "jax_isnn_before" if xla_defaults else "jax_isnn"
+    return JaxCase(name, step, state,
                    {"image": jnp.asarray(images), "label": jnp.asarray(labels)},
                    jax.random.key(1), keys, batch if not plain else count, batch * views)
 
@@ -260,11 +269,15 @@ def pipeline_rate(model: str, batch: int, steps: int = 20) -> dict[str, float]:
 
 
 def measure(model: str, batch: int, repeats: int, steps: int,
-            torch_formats: list[str], torch_device: str, dtype: str = "float32") -> dict[str, Any]:
+            torch_formats: list[str], torch_device: str, dtype: str = "float32",
+            before: bool = False) -> dict[str, Any]:
     """Every case of one (model, batch), interleaved; medians of seconds per step."""
     overrides = {"dtype": dtype}
     cases: list[Any] = [build_jax_case(model, batch, model_overrides=overrides),
                         build_jax_case(model, batch, plain=True, model_overrides=overrides)]
+    if before:
+        cases.append(build_jax_case(model, batch, xla_defaults=True,
+                                    model_overrides={**overrides, "conv": BEFORE_CONV[model]}))
     cases += [build_torch_case(model, batch, fmt, torch_device) for fmt in torch_formats]
     flops = {case.name: case.flops() for case in cases[:2]}
     states = {case.name: case.run(case.state, 2) for case in cases}  # compile, warm up
@@ -313,6 +326,16 @@ def summarise(model: str, batch: int, rows: dict[str, Any], matmul: dict[str, fl
         "pipeline_images_per_s": pipeline["pipeline_images_per_s"],
         "pipeline_headroom": pipeline["pipeline_images_per_s"] / isnn["images_per_s"],
     }
+    if "jax_isnn_before" in rows:
+        before = rows["jax_isnn_before"]
+        summary.update(jax_before_images_per_s=before["images_per_s"],
+                       speedup_over_before=before["step_s"] / isnn["step_s"],
+                       speedup_over_before_paired=paired_ratio(before["step_s_all"],
+                                                               isnn["step_s_all"]))
+        if best_torch:
+            summary.update(jax_before_over_torch=torch_rows[best_torch]["step_s"] / before["step_s"],
+                           jax_before_over_torch_paired=paired_ratio(
+                               torch_rows[best_torch]["step_s_all"], before["step_s_all"]))
     if best_torch:
         summary.update(torch_reference=best_torch,
                        torch_isnn_images_per_s=torch_rows[best_torch]["images_per_s"],
@@ -340,6 +363,19 @@ def print_table(summaries: list[dict[str, Any]], matmul: dict[str, float],
               f"{s['isnn_gflop_per_step']:10.1f} "
               f"{s['achieved_gflops']:8.1f} {s['fraction_of_matmul']:9.1%} "
               f"{s['pipeline_images_per_s']:10.0f} {s['pipeline_headroom']:7.0f}x")
+    befores = [s for s in summaries if "jax_before_images_per_s" in s]
+    if befores:
+        print(f"\n{'model':9s} {'batch':>5s} {'before img/s':>12s} {'before/torch':>12s} "
+              f"{'paired':>6s} {'now img/s':>9s} {'now/torch':>9s} {'paired':>6s} "
+              f"{'now/before':>10s} {'paired':>6s}")
+        for s in befores:
+            print(f"{s['model']:9s} {s['batch']:5d} {s['jax_before_images_per_s']:12.1f} "
+                  f"{s.get('jax_before_over_torch', float('nan')):12.2f} "
+                  f"{s.get('jax_before_over_torch_paired', float('nan')):6.2f} "
+                  f"{s['jax_isnn_images_per_s']:9.1f} "
+                  f"{s.get('jax_over_torch_speed', float('nan')):9.2f} "
+                  f"{s.get('jax_over_torch_paired', float('nan')):6.2f} "
+                  f"{s['speedup_over_before']:10.2f} {s['speedup_over_before_paired']:6.2f}")
 
 
 def main() -> None:
@@ -353,6 +389,8 @@ def main() -> None:
     parser.add_argument("--torch_device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="JAX compute dtype (the PyTorch reference stays float32)")
+    parser.add_argument("--before", action="store_true",
+                        help="also run the step as compiled before change 14 (benchmarks/NOTES.md)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput_cpu.json"))
     parser.add_argument("--from_json", default="", help="reprint the table of a saved run")
     args = parser.parse_args()
@@ -377,7 +415,7 @@ def main() -> None:
         for batch in (int(b) for b in (args.batches or default_batch).split(",")):
             steps = args.steps or (3 if model == "cnn" else 1)
             rows = measure(model, batch, args.repeats, steps, torch_formats, args.torch_device,
-                           args.dtype)
+                           args.dtype, args.before)
             pipeline = pipeline_rate(model, batch)
             summary = summarise(model, batch, rows, matmul, pipeline)
             summaries.append(summary)

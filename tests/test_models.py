@@ -47,7 +47,7 @@ def test_im2col_falls_back_to_lax_for_strided_convolutions():
 
 
 def test_conv_choice():
-    assert resolve_conv("small_cnn", "auto", "cpu") == "im2col"
+    assert resolve_conv("small_cnn", "auto", "cpu") == "xla"
     assert resolve_conv("small_cnn", "auto", "gpu") == "xla"
     assert resolve_conv("resnet18", "auto", "cpu") == "xla"
     assert resolve_conv("resnet18", "im2col", "tpu") == "im2col"

@@ -76,8 +76,9 @@ def _torch_views(protection, keys, images, step_rng):
     return views, jax_views
 
 
-@pytest.mark.parametrize("model_config,image_shape", [(CNN, (28, 28, 1)), (RESNET, (16, 16, 3))],
-                         ids=["small_cnn", "resnet18"])
+@pytest.mark.parametrize("model_config,image_shape", [
+    pytest.param(CNN, (28, 28, 1), id="small_cnn"),
+    pytest.param(RESNET, (16, 16, 3), id="resnet18", marks=pytest.mark.slow)])
 def test_torch_reference_matches_jax_loss_and_gradients(model_config, image_shape):
     model, params, protection, keys, images, labels = _setup(model_config, image_shape)
     step_rng = jax.random.fold_in(jax.random.key(7), 0)
@@ -142,3 +143,28 @@ def _flatten(tree):
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         flat["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf)
     return flat
+
+
+def test_torch_report_counts_ranks_as_the_jax_evaluation_does():
+    """The PyTorch side of benchmarks/time_to_protect.py states the same figures on equal weights."""
+    import torch_evaluation
+
+    from isnn_jax.evaluation.counting import key_rank_rates
+
+    model, params, protection, keys, _, _ = _setup(CNN, (28, 28, 1))
+    net = ref.build_torch_model(CNN, 10, (28, 28, 1))
+    ref.load_flax_params(net, jax.tree.map(np.asarray, params))
+    net.eval()
+    rng = np.random.default_rng(1)
+    images = rng.random((300, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 10, 300)
+    some = random_keys(5, 6)
+    patterns = np.asarray(jax.vmap(lambda k: additive_pattern(k, (28, 28, 1),
+                                                              protection.spec))(some))
+    expected = key_rank_rates(model, params, protection.spec, some, images, labels)
+    measured = torch_evaluation.rank_rates(net, patterns, images, labels)
+    assert measured.shape == expected.shape == (6, 10)
+    np.testing.assert_allclose(measured, expected, atol=1 / 300)  # at most one near-tie apart
+    clean = torch_evaluation.rank_rates(net, None, images, labels)
+    np.testing.assert_allclose(clean, key_rank_rates(model, params, None, None, images, labels),
+                               atol=1 / 300)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from isnn_jax.base import compilation
 from isnn_jax.attacks.permutation import permutation_matrix
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, thief_data
 from isnn_jax.protection.transforms import MIXING_KINDS, from_blocks, to_blocks, to_sphere
@@ -112,7 +113,7 @@ def _runner(module: nn.Module, block_size: int, finish: str, batch_size: int,
 
         return jax.lax.scan(step, state, first + jnp.arange(steps))[0]
 
-    return jax.jit(run), tx
+    return compilation.jit(run), tx
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,7 +122,7 @@ def _counter(module: nn.Module, block_size: int, finish: str):
         logits = module.apply({"params": params}, adapt(adapter, images, block_size, finish))
         return (logits.argmax(-1) == labels).sum()
 
-    return jax.jit(count)
+    return compilation.jit(count)
 
 
 def adapted_accuracy(setting: Setting, adapter: Any, images: np.ndarray, labels: np.ndarray,

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isnn_jax.base import compilation
 from isnn_jax.attacks.fit import fit
 from isnn_jax.attacks.measure import accuracy
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, fresh_params
@@ -45,7 +46,7 @@ def make_queries(images: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _softmax_of(module: nn.Module):
-    return jax.jit(lambda params, images: jax.nn.softmax(module.apply({"params": params}, images)))
+    return compilation.jit(lambda params, images: jax.nn.softmax(module.apply({"params": params}, images)))
 
 
 def teacher_outputs(target: ProtectedModel, queries: np.ndarray, transform=None,

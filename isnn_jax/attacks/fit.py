@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from isnn_jax.base import compilation
 from isnn_jax.attacks.setting import Deadline, on_host
 
 STEPS_PER_CALL = 50  # steps fused into one compiled call; the deadline is checked between calls
@@ -59,7 +60,7 @@ def _chunk_runner(module: nn.Module, batch_size: int, learning_rate: float, step
 
         return jax.lax.scan(step, state, first_step + jnp.arange(steps))
 
-    return jax.jit(run), tx
+    return compilation.jit(run), tx
 
 
 def _keys(path: tuple) -> tuple[str, ...]:

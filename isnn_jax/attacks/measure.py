@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isnn_jax.base import compilation
 from isnn_jax.runtime.model import ProtectedModel
 from isnn_jax.evaluation.counting import IMAGES_PER_CALL, key_accuracies, plain_accuracy
 from isnn_jax.protection.licence import TransformSpec
@@ -46,7 +47,7 @@ def _pattern_counter(module: nn.Module):
 
         return jax.vmap(one)(patterns)
 
-    return jax.jit(count)
+    return compilation.jit(count)
 
 
 def pattern_accuracies(target: ProtectedModel, params: Any, patterns: np.ndarray | jax.Array,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from isnn_jax.base import compilation
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset
 from isnn_jax.attacks.unlock import cosine
@@ -128,7 +129,7 @@ def _permuted_counter(module: nn.Module, block_size: int):
 
         return jax.vmap(one)(perms)
 
-    return jax.jit(count)
+    return compilation.jit(count)
 
 
 def permuted_accuracies(target: Any, perms: np.ndarray, block_size: int, images: np.ndarray,

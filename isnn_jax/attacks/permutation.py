@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from scipy.optimize import linear_sum_assignment
 
+from isnn_jax.base import compilation
 from isnn_jax.attacks.measure import accuracy
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, train_subset
 from isnn_jax.protection.transforms import from_blocks, to_blocks, block_permutation, block_shuffle
@@ -92,7 +93,7 @@ def _runner(module: nn.Module, block_size: int, batch_size: int, learning_rate: 
 
         return jax.lax.scan(step, state, first_step + jnp.arange(steps))
 
-    return jax.jit(run), tx
+    return compilation.jit(run), tx
 
 
 def learn_permutation(module: nn.Module, params: Any, images: np.ndarray, labels: np.ndarray, *,

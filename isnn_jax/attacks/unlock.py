@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from isnn_jax.base import compilation
 from isnn_jax.attacks.measure import pattern_accuracies
 from isnn_jax.attacks.setting import Deadline, Setting, eval_subset, train_subset
 
@@ -45,7 +46,7 @@ def _runner(module: nn.Module, batch_size: int, learning_rate: float, steps: int
 
         return jax.lax.scan(step, state, first_step + jnp.arange(steps))
 
-    return jax.jit(run), tx
+    return compilation.jit(run), tx
 
 
 def universal_perturbation(module: nn.Module, params: Any, images: np.ndarray, labels: np.ndarray,

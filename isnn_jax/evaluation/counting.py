@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from isnn_jax.base import compilation
 from isnn_jax.protection.licence import Licence, TransformSpec
 from isnn_jax.protection.transforms import apply_transform
 
@@ -45,7 +46,6 @@ def images_per_call() -> int:
     return CPU_IMAGES_PER_CALL if jax.default_backend() == "cpu" else IMAGES_PER_CALL
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec"))
 def _count_ranks(params: Any, keys: jax.Array, images: jax.Array, labels: jax.Array, *,
                  model: nn.Module, spec: TransformSpec | None) -> jax.Array:
     if spec is None:
@@ -63,7 +63,13 @@ def make_rank_counter(model: nn.Module, spec: TransformSpec | None) -> Callable:
 
     With `spec` None the images are used as given (one "key" row). The model and the transform
     are static arguments of one jitted function, so equal ones reuse its compilation."""
-    return functools.partial(_count_ranks, model=model, spec=spec)
+    return functools.partial(_jitted_count_ranks(), model=model, spec=spec)
+
+
+@functools.cache
+def _jitted_count_ranks() -> Callable:
+    """One jitted `_count_ranks` per process, built on first use (it asks for the backend)."""
+    return compilation.jit(_count_ranks, static_argnames=("model", "spec"))
 
 
 def key_rank_rates(model: nn.Module, params: Any, spec: TransformSpec | None, keys: jax.Array | None,

@@ -19,9 +19,9 @@ import subprocess
 import tempfile
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
 
+from isnn_jax.base import compilation
 from isnn_jax.base.errors import OperationError
 from isnn_jax.runtime.model import ProtectedModel, batched
 
@@ -49,7 +49,7 @@ def as_labels(outputs: object, count: int) -> np.ndarray:
 
 def model_classifier(model: ProtectedModel, batch_size: int = 1024) -> Classifier:
     """The argmax of a loaded network, jitted, in fixed-size batches."""
-    predict = jax.jit(lambda images: model.net(images).argmax(axis=-1))
+    predict = compilation.jit(lambda images: model.net(images).argmax(axis=-1))
     return lambda images: batched(predict, np.asarray(images, np.float32), batch_size)
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isnn_jax.base import compilation
 from isnn_jax.data import data_options, load_split, to_float
 from isnn_jax.models import build_model
 from isnn_jax.protection.licence import Licence, LicenceError, TransformSpec
@@ -103,9 +104,9 @@ class ProtectedModel:
     @cached_property
     def _apply(self) -> Net:
         if self.module is None:
-            return jax.jit(self.compiled)
+            return compilation.jit(self.compiled)
         module = self.module  # the parameters are an argument, not constants compiled in
-        logits = jax.jit(lambda params, images: module.apply({"params": params}, images))
+        logits = compilation.jit(lambda params, images: module.apply({"params": params}, images))
         return lambda images: logits(self.params, images)
 
     def check_licence(self, licence: Licence) -> None:
@@ -177,4 +178,4 @@ def keyed_probabilities(net: Net, spec: TransformSpec | None) -> Callable:
             images = apply_transform(spec, key, images)
         return jax.nn.softmax(net(images).astype(jnp.float32), axis=-1)
 
-    return jax.jit(probabilities)
+    return compilation.jit(probabilities)

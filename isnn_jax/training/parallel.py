@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from isnn_jax.base import compilation
+
 DATA_AXIS = "data"
 
 
@@ -100,7 +102,7 @@ class DataParallel:
         self.kind, self.mesh = kind, mesh
         repl = replicated(mesh)
         if kind == "sharded":
-            self._step = jax.jit(make_step(None), in_shardings=(repl, batch_sharding(mesh), repl, repl),
+            self._step = compilation.jit(make_step(None), in_shardings=(repl, batch_sharding(mesh), repl, repl),
                                  out_shardings=(repl, repl), donate_argnums=(0,))
         else:
             self._devices = jax.local_devices()
