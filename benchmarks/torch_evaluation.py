@@ -33,7 +33,7 @@ def rank_rates(model: torch.nn.Module, patterns: np.ndarray | None, images: np.n
     (`patterns` None: the images as given, one row)."""
     x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     y = torch.from_numpy(labels.astype(np.int64))
-    rows = [None] if patterns is None else list(torch.from_numpy(patterns))
+    rows = [None] if patterns is None else list(torch.from_numpy(np.array(patterns)))
     per_call = max(IMAGES_PER_CALL // images.shape[0], 1)
     counts = []
     with torch.no_grad():

@@ -21,9 +21,10 @@ from isnn_jax.protection.licence import Licence, TransformSpec
 from isnn_jax.protection.transforms import apply_transform
 
 IMAGES_PER_CALL = 8192  # keys x images evaluated in one compiled call on an accelerator
-# On the CPU small calls run about 3x faster per image (they stay in cache): measured on the
-# Fashion-MNIST CNN, 128 images per call ~3,500 img/s against ~1,100 at 8,192 (docs/performance.md).
-CPU_IMAGES_PER_CALL = 128
+# On the CPU small calls run faster per image (they stay in cache): on the Fashion-MNIST CNN,
+# compiled with isnn_jax.base.compilation, 512 images per call ~22,000 img/s, 128 ~20,500,
+# 4,096 ~12,000 (docs/performance.md; under XLA's default options 128 had been best).
+CPU_IMAGES_PER_CALL = 512
 
 
 def true_label_rank(logits: jax.Array, labels: jax.Array) -> jax.Array:
