@@ -15,7 +15,7 @@ licences, every near licence), screened, timed against the training time of that
 epochs; then (2) screened and (3) exhaustive on a smaller licence set (`--check_*`; the
 exhaustive pass over every licence takes hours on 2 cores), whose maxima should agree. With
 `--append` the runs join the existing record and its exhaustive run is reused. Prints a table
-and writes benchmarks/results/evaluation_screening.json after each run.
+and writes `--out` (benchmarks/results/evaluation_screening.json) after each run.
 """
 
 from __future__ import annotations
@@ -111,10 +111,12 @@ def main() -> None:
     parser.add_argument("--check_random", type=int, default=200)
     parser.add_argument("--check_near_per_class", type=int, default=16)
     parser.add_argument("--skip_exhaustive", action="store_true")
+    parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--append", action="store_true",
                         help="add these runs to the existing JSON (its exhaustive run is reused)")
     args = parser.parse_args()
     setup_logging()
+    out = Path(args.out)
 
     licence = Licence.load(args.licence)
     model = api.load_protected(args.workdir)
@@ -130,8 +132,8 @@ def main() -> None:
               "images_per_call": images_per_call(),
               "train_seconds_per_epoch": args.train_seconds_per_epoch, "epochs": args.epochs,
               "train_seconds": args.train_seconds_per_epoch * args.epochs, "runs": []}
-    if args.append and OUT.exists():
-        previous = json.loads(OUT.read_text())
+    if args.append and out.exists():
+        previous = json.loads(out.read_text())
         record["runs"] = [{"train_seconds": previous["train_seconds"], **r} for r in previous["runs"]]
         record["command"] = [*([previous["command"]] if isinstance(previous["command"], str)
                                else previous["command"]), record["command"]]
@@ -142,7 +144,7 @@ def main() -> None:
             if run_["name"].startswith("config"):  # each against the training timed beside it
                 run_.setdefault("train_seconds", record["train_seconds"])
                 run_["share_of_training"] = run_["seconds"] / run_["train_seconds"]
-        write_record(OUT, record)
+        write_record(out, record)
 
     record["runs"].append(run("config: screened", model, licence, images, labels, trained,
                               **base, random_licences=1000, near_per_class=0))

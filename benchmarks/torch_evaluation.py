@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import torch_reference as ref
-from isnn_jax.evaluation.screening import screen_subset, top_indices
+from isnn_jax.evaluation.screening import rank_to_attack, screen_subset, top_indices
 from isnn_jax.protection.licence import Licence, random_keys, stack_keys
 from isnn_jax.protection.near_keys import near_licences, trained_flags
 from isnn_jax.protection.transforms import additive_pattern
@@ -76,7 +76,7 @@ def protection_report(model: torch.nn.Module, licence: Licence, images: np.ndarr
     random_idx = np.arange(random_licences)
     near_idx = random_licences + np.arange(len(near))
     held_idx, trained_idx = near_idx[~trained], near_idx[trained]
-    best_rank = int(screen[random_idx].mean(axis=0).argmax())
+    best_rank = rank_to_attack(screen[random_idx].mean(axis=0), chosen.size)
     picks = [top_indices(screen[:, 0], members, confirm_top)
              for members in (random_idx, held_idx, trained_idx)]
     if best_rank:

@@ -16,12 +16,14 @@ from isnn_jax.cli.logs import setup_logging
 from isnn_jax.evaluation.report import format_report
 from isnn_jax.protection.licence import Licence
 from isnn_jax.seller.evaluate import evaluate_workdir
+from isnn_jax.training.config import default_config
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a workdir's newest checkpoint and write JSON (errors: isnn_jax.cli)."""
     parser = ArgumentParser(prog="python -m isnn_jax.evaluate", description=__doc__)
+    ev = default_config().eval  # the trainer's own final evaluation settings
     parser.add_argument("--workdir", required=True, help="trained workdir (protected model)")
     parser.add_argument("--licence", required=True, help="the buyer's licence file")
     parser.add_argument("--baseline_workdir", help="workdir of the unprotected baseline")
@@ -33,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed of the random licences and the near-key choice")
     parser.add_argument("--batch_size", type=int, default=1024,
                         help="images per evaluation batch (lower it if memory runs out)")
-    parser.add_argument("--screen_images", type=int, default=256,
+    parser.add_argument("--screen_images", type=int, default=ev.screen_images,
                         help="test images every licence is screened on (0: all)")
-    parser.add_argument("--confirm_top", type=int, default=8,
+    parser.add_argument("--confirm_top", type=int, default=ev.confirm_top,
                         help="best screened licences per group re-measured on the whole split")
     parser.add_argument("--exhaustive", action="store_true",
                         help="every licence on every test image (slow; checks the screen)")

@@ -24,7 +24,8 @@ from isnn_jax.attacks.setting import Deadline, Setting
 from isnn_jax.runtime.model import ProtectedModel
 from isnn_jax.attacks.summary import headline
 from isnn_jax.evaluation.report import format_report
-from isnn_jax.evaluation.screening import evaluate_protection, screen_subset, top_indices
+from isnn_jax.evaluation.screening import (evaluate_protection, rank_to_attack, screen_subset,
+                                          top_indices)
 from isnn_jax.protection.licence import Licence, TransformSpec
 from isnn_jax.protection.near_keys import (near_licences, trained_flags, trained_near_from_config,
                                 training_near_licences)
@@ -177,6 +178,18 @@ def test_screen_subset_and_top_indices():
     assert screen_subset(50, 100, seed=1).size == 50 and screen_subset(50, 0, seed=1).size == 50
     scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
     np.testing.assert_array_equal(top_indices(scores, np.array([0, 2, 3, 4]), 2), [3, 2])
+
+
+def test_the_rank_attack_leaves_the_argmax_only_for_a_rank_clearly_above_it():
+    chance = np.full(10, 0.10)
+    near_chance = chance.copy()
+    near_chance[4] = 0.12  # 2 points over rank 0: inside twice the standard error of 256 images
+    assert rank_to_attack(near_chance, 256) == 0
+    assert rank_to_attack(near_chance, 10_000) == 4  # the same gap on 10,000 images is real
+    leaking = chance.copy()
+    leaking[8] = 0.185  # the bfloat16 model's rank 8 (docs/performance.md)
+    assert rank_to_attack(leaking, 256) == 8
+    assert rank_to_attack(chance, 256) == 0
 
 
 def test_attack_suite_reports_held_out_near_keys_apart(planted, tmp_path):

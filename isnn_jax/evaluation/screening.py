@@ -91,6 +91,20 @@ def top_indices(scores: np.ndarray, members: np.ndarray, count: int) -> np.ndarr
     return members[order[:max(int(count), 0)]]
 
 
+def rank_to_attack(means: np.ndarray, images: int) -> int:
+    """The output rank the wrong-key rank attack reads: the one with the highest mean accuracy
+    over the random licences, if it beats rank 0 (the argmax) by more than twice the standard
+    error of `images` test images; else rank 0.
+
+    Ranks whose outputs carry nothing all sit near chance, and which of them comes out on top
+    of a 256-image screen is noise: taking it let the screen report the tail of a different
+    rank than the exhaustive mode did (14.02% against 17.77% on the Fashion-MNIST model)."""
+    best = int(np.argmax(means))
+    base = float(means[0])
+    margin = 2.0 * math.sqrt(max(base * (1.0 - base), 1e-12) / max(int(images), 1))
+    return best if float(means[best]) > base + margin else 0
+
+
 def _group(screen: np.ndarray, full: dict[int, np.ndarray], members: np.ndarray,
            column: int = 0) -> dict[str, Any]:
     """Screen statistics of a group of licences and the maximum of its confirmed ones."""
@@ -160,7 +174,7 @@ def evaluate_protection(model: nn.Module, params: Any, licence: Licence, images:
                                  batch_size, progress.counter("screen")), keys)
     screen_end = time.perf_counter()
 
-    best_rank = int(screen[random_idx].mean(axis=0).argmax()) if num_random else 0
+    best_rank = rank_to_attack(screen[random_idx].mean(axis=0), chosen.size) if num_random else 0
     if screened_on_all:
         confirm = np.arange(keys.shape[0])
         full = {int(i): screen[i] for i in confirm}
