@@ -168,12 +168,13 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
     """The figures both frameworks' reports state, named alike."""
     if "wrong_key_max" in report:  # benchmarks/torch_evaluation.py
         return {k: report[k] for k in ("legal_accuracy", "clean_accuracy", "wrong_key_max",
-                                       "near_key_held_out_max", "near_key_trained_max",
-                                       "licences", "screen_images", "licences_confirmed",
-                                       "seconds")}
+                                       "wrong_key_rank_attack", "near_key_held_out_max",
+                                       "near_key_trained_max", "licences", "screen_images",
+                                       "licences_confirmed", "seconds")}
     ev = report["evaluation"]
     return {"legal_accuracy": report["legal_accuracy"], "clean_accuracy": report["clean_accuracy"],
             "wrong_key_max": report["wrong_key"]["max"],
+            "wrong_key_rank_attack": report["wrong_key_rank_attack"],
             "near_key_held_out_max": report.get("near_key_held_out_max"),
             "near_key_trained_max": report.get("near_key_trained_max"),
             "licences": ev["licences"], "screen_images": ev["screen_images"],
