@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # benchmark code; only where the bench extra (torch) is installed
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -78,7 +79,7 @@ def _torch_views(protection, keys, images, step_rng):
 
 @pytest.mark.parametrize("model_config,image_shape", [
     pytest.param(CNN, (28, 28, 1), id="small_cnn"),
-    pytest.param(RESNET, (16, 16, 3), id="resnet18", marks=pytest.mark.slow)])
+    pytest.param(RESNET, (16, 16, 3), id="resnet18")])
 def test_torch_reference_matches_jax_loss_and_gradients(model_config, image_shape):
     model, params, protection, keys, images, labels = _setup(model_config, image_shape)
     step_rng = jax.random.fold_in(jax.random.key(7), 0)
