@@ -1,4 +1,4 @@
-"""The project's XLA options: which backend gets them, and that they change the program, not its values."""
+"""The project's XLA options: which backend gets them; they change the program, not its values."""
 
 import jax
 import jax.numpy as jnp

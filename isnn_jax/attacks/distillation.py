@@ -46,7 +46,8 @@ def make_queries(images: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _softmax_of(module: nn.Module):
-    return compilation.jit(lambda params, images: jax.nn.softmax(module.apply({"params": params}, images)))
+    return compilation.jit(
+        lambda params, images: jax.nn.softmax(module.apply({"params": params}, images)))
 
 
 def teacher_outputs(target: ProtectedModel, queries: np.ndarray, transform=None,

@@ -10,7 +10,6 @@ from typing import Any, Mapping
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from isnn_jax.models.cnn import SmallCNN
@@ -27,15 +26,14 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONVS = ("auto", "xla", "im2col")
 
 
-def resolve_conv(name: str, conv: str, backend: str) -> str:
-    """`auto` is the convolution that measured fastest (docs/performance.md): each model class
-    names its own for the CPU (`CPU_CONV`); accelerators keep XLA's convolution."""
+def resolve_conv(conv: str) -> str:
+    """`auto` is the convolution that measured fastest (docs/performance.md): XLA's, on every
+    backend and model once the CPU programs compile without YNNPACK fusions; `im2col` stays
+    selectable (same parameters)."""
     if conv not in CONVS:
         raise ValueError(f"unknown model conv {conv!r}; choose one of {', '.join(CONVS)} "
                          "(config.model.conv)")
-    if conv != "auto":
-        return conv
-    return MODELS[name].CPU_CONV if backend == "cpu" else "xla"
+    return "xla" if conv == "auto" else conv
 
 
 # Config fields each model reads; the config holds the union, so a field another model reads is
@@ -64,7 +62,7 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module 
                              f"{', '.join(DTYPES)} (config.model.dtype)")
         fields["dtype"] = DTYPES[fields["dtype"]]
     if "conv" in fields:
-        fields["conv"] = resolve_conv(name, fields["conv"], jax.default_backend())
+        fields["conv"] = resolve_conv(fields["conv"])
     # Lists (from JSON metadata) become tuples: modules must be hashable to be static jit args.
     return MODELS[name](num_classes=num_classes, **{k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in fields.items() if k in known})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -43,10 +43,6 @@ class SmallCNN(nn.Module):
     input_offset: bool = False
     dtype: jnp.dtype = jnp.float32
     conv: str = "xla"  # xla (lax convolution) | im2col (patches x kernel matmul); same parameters
-
-    # What `conv="auto"` takes on a CPU. im2col was 1.27x faster under XLA's default options; with
-    # the project's (isnn_jax.base.compilation) XLA's convolution is 1.3x faster than im2col.
-    CPU_CONV: ClassVar[str] = "xla"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ convolution needs the pixels' neighbourhoods that the keyed mixing destroys.
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,6 @@ class MLP(nn.Module):
     widths: Sequence[int] = (512, 512)
     dtype: jnp.dtype = jnp.float32
 
-    CPU_CONV: ClassVar[str] = "xla"  # no convolution; `conv` means nothing to this model
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:

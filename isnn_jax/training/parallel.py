@@ -102,8 +102,9 @@ class DataParallel:
         self.kind, self.mesh = kind, mesh
         repl = replicated(mesh)
         if kind == "sharded":
-            self._step = compilation.jit(make_step(None), in_shardings=(repl, batch_sharding(mesh), repl, repl),
-                                 out_shardings=(repl, repl), donate_argnums=(0,))
+            self._step = compilation.jit(make_step(None),
+                                         in_shardings=(repl, batch_sharding(mesh), repl, repl),
+                                         out_shardings=(repl, repl), donate_argnums=(0,))
         else:
             self._devices = jax.local_devices()
             self._step = jax.pmap(make_step(DATA_AXIS), axis_name=DATA_AXIS,
